@@ -1,0 +1,330 @@
+//! Training-first Llama-family decoder (Llama, SmolLM2, Qwen2): a full-sequence forward that is
+//! a pure function of its inputs; module paths are the Hugging Face parameter names.
+use crate::config::{LlamaConfig, RopeScaling};
+use crate::error::Result;
+use crate::linear_site::{BaseLinear, LinearLayer, LinearSite};
+use crate::ops::{frozen_matmul, norms};
+use crate::weights::Weights;
+use candle_core::{DType, Device, Tensor, D};
+use std::sync::Arc;
+
+struct Attention {
+    q_proj: Arc<dyn LinearLayer>,
+    k_proj: Arc<dyn LinearLayer>,
+    v_proj: Arc<dyn LinearLayer>,
+    o_proj: Arc<dyn LinearLayer>,
+}
+
+struct Mlp {
+    gate_proj: Arc<dyn LinearLayer>,
+    up_proj: Arc<dyn LinearLayer>,
+    down_proj: Arc<dyn LinearLayer>,
+}
+
+struct DecoderLayer {
+    input_layernorm: Tensor,
+    self_attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+}
+
+/// Key/value tensors of the positions seen so far, per layer: `(b, kv_heads, t, head_dim)`.
+#[derive(Clone, Default)]
+pub struct KvCache {
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A Llama-family causal language model.
+pub struct Llama {
+    pub config: LlamaConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    /// `(vocab, hidden)`: `lm_head.weight`, or the embedding matrix when tied.
+    lm_head: Tensor,
+    /// `(max_pos, head_dim)` each.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+fn inv_freqs(cfg: &LlamaConfig) -> Vec<f64> {
+    let d = cfg.head_dim;
+    let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64)).collect();
+    match &cfg.rope_scaling {
+        None => base,
+        Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            let low_wavelen = original_max_position_embeddings / low_freq_factor;
+            let high_wavelen = original_max_position_embeddings / high_freq_factor;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+impl Llama {
+    /// Builds the model from `weights`; every linear layer goes through `site`.
+    pub fn new(config: &LlamaConfig, weights: &Weights, site: &dyn LinearSite, device: &Device) -> Result<Self> {
+        let cfg = config;
+        let (d, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
+        let embed_tokens = weights.get("model.embed_tokens.weight", &[v, d])?;
+        let linear = |path: String, d_in: usize, d_out: usize, bias: bool| -> Result<Arc<dyn LinearLayer>> {
+            let weight = weights.get(&format!("{path}.weight"), &[d_out, d_in])?;
+            let bias = if bias { Some(weights.get(&format!("{path}.bias"), &[d_out])?) } else { None };
+            site.build(BaseLinear { path, weight, bias })
+        };
+        let (qd, kvd, ff) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd, cfg.intermediate_size);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let b = cfg.attention_bias;
+            layers.push(DecoderLayer {
+                input_layernorm: weights.get(&format!("{p}.input_layernorm.weight"), &[d])?,
+                self_attn: Attention {
+                    q_proj: linear(format!("{p}.self_attn.q_proj"), d, qd, b)?,
+                    k_proj: linear(format!("{p}.self_attn.k_proj"), d, kvd, b)?,
+                    v_proj: linear(format!("{p}.self_attn.v_proj"), d, kvd, b)?,
+                    o_proj: linear(format!("{p}.self_attn.o_proj"), qd, d, false)?,
+                },
+                post_attention_layernorm: weights.get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                mlp: Mlp {
+                    gate_proj: linear(format!("{p}.mlp.gate_proj"), d, ff, false)?,
+                    up_proj: linear(format!("{p}.mlp.up_proj"), d, ff, false)?,
+                    down_proj: linear(format!("{p}.mlp.down_proj"), ff, d, false)?,
+                },
+            });
+        }
+        let norm = weights.get("model.norm.weight", &[d])?;
+        let lm_head = if weights.contains("lm_head.weight") && !cfg.tie_word_embeddings {
+            weights.get("lm_head.weight", &[v, d])?
+        } else {
+            embed_tokens.clone()
+        };
+        let max_pos = cfg.max_position_embeddings.max(1);
+        let inv: Vec<f32> = inv_freqs(cfg).into_iter().map(|f| f as f32).collect();
+        let inv = Tensor::new(inv.as_slice(), device)?.reshape((1, hd / 2))?;
+        let pos = Tensor::arange(0u32, max_pos as u32, device)?.to_dtype(DType::F32)?.reshape((max_pos, 1))?;
+        let freqs = pos.broadcast_mul(&inv)?;
+        let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
+        let dtype = embed_tokens.dtype();
+        Ok(Self {
+            config: cfg.clone(),
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// `(vocab, hidden)` output projection.
+    pub fn lm_head_weight(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    /// Additive attention mask `(b, 1, 1, t_q, t_k)`: causal with `offset` cached positions, plus
+    /// key padding from `attention_mask: (b, t_k)` (1 = token, 0 = padding).
+    fn mask(&self, b: usize, t_q: usize, offset: usize, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let t_k = t_q + offset;
+        let keep: Option<Vec<Vec<u32>>> = match attention_mask {
+            Some(m) => Some(m.to_dtype(DType::U32)?.to_vec2::<u32>()?),
+            None => None,
+        };
+        let neg = f32::MIN;
+        let mut data = vec![0f32; b * t_q * t_k];
+        for bi in 0..b {
+            for i in 0..t_q {
+                for j in 0..t_k {
+                    let causal_ok = j <= i + offset;
+                    let pad_ok = keep.as_ref().map(|k| k[bi].get(j).copied().unwrap_or(1) != 0).unwrap_or(true);
+                    if !(causal_ok && pad_ok) {
+                        data[(bi * t_q + i) * t_k + j] = neg;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(data, (b, 1, 1, t_q, t_k), self.device())?.to_dtype(self.dtype())?)
+    }
+
+    /// Hidden states after the final norm: `input_ids: (b, t)` → `(b, t, hidden)`.
+    /// `attention_mask: (b, t)` marks padding; positions start at 0 for every row.
+    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let mut cache = None;
+        self.forward_inner(input_ids, attention_mask, train, &mut cache)
+    }
+
+    /// Incremental forward for generation: `input_ids: (b, t_new)` after `cache.len()` cached
+    /// positions; `attention_mask: (b, cache.len() + t_new)`. Returns `(b, t_new, hidden)`.
+    pub fn forward_cached(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor> {
+        let mut c = Some(std::mem::take(cache));
+        let out = self.forward_inner(input_ids, attention_mask, false, &mut c);
+        *cache = c.unwrap_or_default();
+        out
+    }
+
+    fn forward_inner(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool, cache: &mut Option<KvCache>) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, t) = input_ids.dims2()?;
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        if offset + t > cfg.max_position_embeddings {
+            return Err(crate::error::ModelError::Invalid(format!(
+                "sequence of {} tokens exceeds max_position_embeddings = {}",
+                offset + t,
+                cfg.max_position_embeddings
+            )));
+        }
+        let ids = input_ids.flatten_all()?.to_dtype(DType::U32)?;
+        let mut h = self.embed_tokens.index_select(&ids, 0)?.reshape((b, t, cfg.hidden_size))?;
+        let mask = self.mask(b, t, offset, attention_mask)?;
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let x = norms::rms_norm(&h, &layer.input_layernorm, cfg.rms_norm_eps)?;
+            let layer_cache = cache.as_mut().map(|c| {
+                if c.layers.len() < self.layers.len() {
+                    c.layers.resize(self.layers.len(), None);
+                }
+                &mut c.layers[li]
+            });
+            let a = self.attention(&layer.self_attn, &x, &mask, &cos, &sin, train, layer_cache)?;
+            h = (h + a)?;
+            let x = norms::rms_norm(&h, &layer.post_attention_layernorm, cfg.rms_norm_eps)?;
+            let gate = layer.mlp.gate_proj.forward_t(&x, train)?;
+            let up = layer.mlp.up_proj.forward_t(&x, train)?;
+            let m = layer.mlp.down_proj.forward_t(&(gate.silu()? * up)?, train)?;
+            h = (h + m)?;
+        }
+        Ok(norms::rms_norm(&h, &self.norm, cfg.rms_norm_eps)?)
+    }
+
+    /// Grouped-query attention without repeating K/V: the `g = heads / kv_heads` query heads of
+    /// a group are stacked along the query axis. `x: (b, t, hidden) -> (b, t, hidden)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        attn: &Attention,
+        x: &Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        train: bool,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let g = h / kvh;
+        let q = attn.q_proj.forward_t(x, train)?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = attn.k_proj.forward_t(x, train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = attn.v_proj.forward_t(x, train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = norms::apply_rotary(&q, cos, sin)?;
+        let mut k = norms::apply_rotary(&k, cos, sin)?;
+        let mut v = v;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let t_k = k.dim(2)?;
+        // (b, h, t, hd) -> (b, kvh, g·t, hd): head i uses kv head i / g, as HF's repeat_kv.
+        let q = q.reshape((b, kvh, g * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, kvh, g, t, t_k))?;
+        let scores = scores.broadcast_add(mask)?;
+        let probs = norms::softmax_last(&scores)?.reshape((b, kvh, g * t, t_k))?;
+        let ctx = probs.matmul(&v.contiguous()?)?; // (b, kvh, g·t, hd)
+        let ctx = ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        Ok(attn.o_proj.forward_t(&ctx, train)?)
+    }
+
+    /// Logits for every position: `hidden: (..., hidden) -> (..., vocab)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(frozen_matmul(hidden, &self.lm_head)?)
+    }
+
+    /// `input_ids: (b, t) -> logits (b, t, vocab)`.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, attention_mask, train)?;
+        self.logits(&h)
+    }
+
+    /// Causal-LM loss as Hugging Face computes it: logits at position i predict `labels[i+1]`;
+    /// labels equal to -100 are ignored. Returns `(sum of token losses, number of tokens)`;
+    /// logits are only computed at positions that have a target.
+    pub fn loss_sum(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: &[Vec<i64>], label_smoothing: f32, train: bool) -> Result<(Tensor, usize)> {
+        let (b, t) = input_ids.dims2()?;
+        let h = self.hidden_states(input_ids, attention_mask, train)?;
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (bi, row) in labels.iter().enumerate().take(b) {
+            for i in 0..t.saturating_sub(1) {
+                let target = row.get(i + 1).copied().unwrap_or(crate::ops::IGNORE_INDEX);
+                if target != crate::ops::IGNORE_INDEX {
+                    rows.push((bi * t + i) as u32);
+                    targets.push(target);
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Ok((h.sum_all()?.affine(0.0, 0.0)?, 0));
+        }
+        let n = rows.len();
+        let idx = Tensor::from_vec(rows, n, h.device())?;
+        let hs = h.reshape((b * t, self.config.hidden_size))?.index_select(&idx, 0)?;
+        let logits = frozen_matmul(&hs, &self.lm_head)?;
+        let loss = crate::ops::cross_entropy_sum(&logits, &targets, label_smoothing)?;
+        Ok((loss, n))
+    }
+
+    /// Logits of the last position of each row: `(b, t) -> (b, vocab)`, for generation.
+    pub fn last_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let t = hidden.dim(1)?;
+        self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+
+    /// Hidden size, for callers that build inputs.
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    #[doc(hidden)]
+    pub fn rope_tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+}
+
+/// Last-dimension argmax: `(b, vocab) -> b` ids.
+pub fn argmax_last(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}

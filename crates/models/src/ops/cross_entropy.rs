@@ -1,0 +1,178 @@
+//! Fused cross-entropy: `logits: (n, vocab)`, `targets: n` → the *sum* of the token losses over
+//! the rows whose target is not ignored, as a scalar `()`.
+//!
+//! Forward: `loss_i = logsumexp(z_i) − z_i[t_i]` (with optional label smoothing ε:
+//! `(1−ε)·(lse − z_t) + ε·(lse − mean(z))`). Backward: `softmax(z_i) − onehot(t_i)` (smoothed:
+//! `softmax − (1−ε)·onehot − ε/V`), times the incoming gradient; ignored rows get zero.
+//! One pass over the 49,152 columns each way instead of log_softmax + gather graphs.
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Target value that marks a position the loss ignores (as PyTorch's `ignore_index`).
+pub const IGNORE_INDEX: i64 = -100;
+
+#[derive(Clone, Debug)]
+pub struct FusedCrossEntropy {
+    pub targets: std::sync::Arc<Vec<i64>>,
+    pub label_smoothing: f32,
+}
+
+fn row_lse(z: &[f32]) -> (f32, f32) {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+    (max, max + sum.ln())
+}
+
+impl FusedCrossEntropy {
+    fn check(&self, rows: usize) -> candle_core::Result<()> {
+        if self.targets.len() != rows {
+            return Err(candle_core::Error::Msg(format!(
+                "cross-entropy: {} targets for {} rows of logits",
+                self.targets.len(),
+                rows
+            )));
+        }
+        Ok(())
+    }
+
+    fn valid_target(&self, t: i64, vocab: usize) -> candle_core::Result<Option<usize>> {
+        if t == IGNORE_INDEX {
+            return Ok(None);
+        }
+        if t < 0 || t as usize >= vocab {
+            return Err(candle_core::Error::Msg(format!(
+                "cross-entropy: target id {t} outside the vocabulary of {vocab}"
+            )));
+        }
+        Ok(Some(t as usize))
+    }
+}
+
+fn logits_f32(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Vec<f32>> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("cross-entropy: logits must be contiguous".into()))?;
+    Ok(match storage {
+        CpuStorage::F32(v) => v[start..end].to_vec(),
+        CpuStorage::BF16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::F16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::F64(v) => v[start..end].iter().map(|&x| x as f32).collect(),
+        _ => return Err(candle_core::Error::Msg("cross-entropy: logits must be float".into())),
+    })
+}
+
+impl CustomOp1 for FusedCrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, vocab) = layout.shape().dims2()?;
+        self.check(rows)?;
+        let z = logits_f32(storage, layout)?;
+        let eps = self.label_smoothing;
+        let losses: Vec<candle_core::Result<f64>> = z
+            .par_chunks(vocab)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| {
+                let Some(t) = self.valid_target(t, vocab)? else { return Ok(0.0) };
+                let (_, lse) = row_lse(row);
+                let nll = lse - row[t];
+                if eps > 0.0 {
+                    let mean: f32 = row.iter().sum::<f32>() / vocab as f32;
+                    Ok(((1.0 - eps) * nll + eps * (lse - mean)) as f64)
+                } else {
+                    Ok(nll as f64)
+                }
+            })
+            .collect();
+        let mut total = 0f64;
+        for l in losses {
+            total += l?;
+        }
+        let out = match storage.dtype() {
+            DType::F64 => CpuStorage::F64(vec![total]),
+            _ => CpuStorage::F32(vec![total as f32]),
+        };
+        Ok((out, Shape::from(())))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let grad = arg.apply_op1_no_bwd(&CrossEntropyGrad { loss: self.clone(), scale: g })?;
+        Ok(Some(grad))
+    }
+}
+
+/// The backward of [`FusedCrossEntropy`] as its own op: `(n, vocab) -> (n, vocab)`.
+struct CrossEntropyGrad {
+    loss: FusedCrossEntropy,
+    scale: f32,
+}
+
+impl CustomOp1 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, vocab) = layout.shape().dims2()?;
+        self.loss.check(rows)?;
+        let mut z = logits_f32(storage, layout)?;
+        let eps = self.loss.label_smoothing;
+        let scale = self.scale;
+        z.par_chunks_mut(vocab).zip(self.loss.targets.par_iter()).try_for_each(|(row, &t)| {
+            let Some(t) = self.loss.valid_target(t, vocab)? else {
+                row.iter_mut().for_each(|v| *v = 0.0);
+                return Ok(());
+            };
+            let (_, lse) = row_lse(row);
+            let smooth = eps / vocab as f32;
+            for v in row.iter_mut() {
+                *v = ((*v - lse).exp() - smooth) * scale;
+            }
+            row[t] -= (1.0 - eps) * scale;
+            Ok::<(), candle_core::Error>(())
+        })?;
+        let out = match storage.dtype() {
+            DType::BF16 => CpuStorage::BF16(z.into_iter().map(half::bf16::from_f32).collect()),
+            DType::F16 => CpuStorage::F16(z.into_iter().map(half::f16::from_f32).collect()),
+            DType::F64 => CpuStorage::F64(z.into_iter().map(|v| v as f64).collect()),
+            _ => CpuStorage::F32(z),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+}
+
+/// Sum of token cross-entropies: `logits: (n, vocab)`, `targets: n` (`IGNORE_INDEX` skipped) → `()`.
+pub fn cross_entropy_sum(logits: &Tensor, targets: &[i64], label_smoothing: f32) -> candle_core::Result<Tensor> {
+    let op = FusedCrossEntropy { targets: std::sync::Arc::new(targets.to_vec()), label_smoothing };
+    if logits.device().is_cpu() {
+        logits.contiguous()?.apply_op1(op)
+    } else {
+        reference_cross_entropy_sum(logits, targets, label_smoothing)
+    }
+}
+
+/// The plain differentiable composition (log_softmax + gather): the test oracle, and the path on
+/// devices without the fused op.
+pub fn reference_cross_entropy_sum(logits: &Tensor, targets: &[i64], label_smoothing: f32) -> candle_core::Result<Tensor> {
+    let (rows, vocab) = logits.dims2()?;
+    let keep: Vec<u32> = (0..rows as u32).filter(|&i| targets[i as usize] != IGNORE_INDEX).collect();
+    if keep.is_empty() {
+        return logits.sum_all()?.affine(0.0, 0.0);
+    }
+    let idx = Tensor::new(keep.as_slice(), logits.device())?;
+    let z = logits.index_select(&idx, 0)?;
+    let t: Vec<u32> = keep.iter().map(|&i| targets[i as usize] as u32).collect();
+    let t = Tensor::new(t.as_slice(), logits.device())?.unsqueeze(1)?;
+    let logp = candle_nn::ops::log_softmax(&z, 1)?;
+    let nll = logp.gather(&t, 1)?.neg()?.sum_all()?;
+    if label_smoothing > 0.0 {
+        let smooth = logp.neg()?.sum_all()?.affine(1.0 / vocab as f64, 0.0)?;
+        nll.affine(1.0 - label_smoothing as f64, 0.0)? + smooth.affine(label_smoothing as f64, 0.0)?
+    } else {
+        Ok(nll)
+    }
+}

@@ -1,0 +1,153 @@
+//! `y = x · Wᵀ` for a frozen weight `W`, whose backward returns only the input gradient.
+//!
+//! candle's matmul backward always computes the gradient of both operands; for a frozen base
+//! weight that is wasted work (about a third of a LoRA step). This op keeps `W` inside the op, so
+//! autograd never sees it as an operand.
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
+
+/// A frozen weight `w: (d_out, d_in)` applied as `x: (..., d_in) -> (..., d_out)`.
+#[derive(Clone, Debug)]
+pub struct FrozenMatmul {
+    /// `(d_out, d_in)`, contiguous.
+    pub weight: Tensor,
+    /// When true the op computes `x · W` instead (`x: (..., d_out) -> (..., d_in)`): the backward.
+    pub transposed: bool,
+}
+
+/// `dst (m, n) = x (m, k) · rhs (k, n)` where `rhs` is `w` read with the given strides.
+fn gemm_xw<T: 'static + Copy + num_zero::Zero>(
+    x: &[T],
+    w: &[T],
+    (m, n, k): (usize, usize, usize),
+    (rhs_cs, rhs_rs): (isize, isize),
+) -> Vec<T> {
+    let mut dst = vec![T::zero(); m * n];
+    // SAFETY: the slices have the sizes the strides describe: x (m, k), w (n, k), dst (m, n),
+    // all row-major and contiguous; checked by the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(candle_core::utils::get_num_threads()),
+        );
+    }
+    dst
+}
+
+/// Minimal zero/one over the float types the op supports.
+mod num_zero {
+    pub trait Zero {
+        fn zero() -> Self;
+        fn one() -> Self;
+    }
+    impl Zero for f32 {
+        fn zero() -> Self { 0.0 }
+        fn one() -> Self { 1.0 }
+    }
+    impl Zero for f64 {
+        fn zero() -> Self { 0.0 }
+        fn one() -> Self { 1.0 }
+    }
+    impl Zero for half::bf16 {
+        fn zero() -> Self { half::bf16::ZERO }
+        fn one() -> Self { half::bf16::ONE }
+    }
+    impl Zero for half::f16 {
+        fn zero() -> Self { half::f16::ZERO }
+        fn one() -> Self { half::f16::ONE }
+    }
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, cols) = self.weight.dims2()?;
+        // Wᵀ: (cols, rows) read with column step `cols`; W: (rows, cols) read row-major.
+        let (n, k, strides) = if self.transposed {
+            (cols, rows, (1isize, cols as isize))
+        } else {
+            (rows, cols, (cols as isize, 1isize))
+        };
+        let dims = layout.shape().dims();
+        let last = *dims.last().ok_or_else(|| candle_core::Error::Msg("frozen-matmul on a scalar".into()))?;
+        if last != k {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: layout.shape().clone(),
+                rhs: self.weight.shape().clone(),
+                op: "frozen-matmul",
+            });
+        }
+        let m = layout.shape().elem_count() / k;
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: input must be contiguous".into()))?;
+        let (w_storage, w_layout) = self.weight.storage_and_layout();
+        let (ws, we) = w_layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: weight must be contiguous".into()))?;
+        let mut out_dims = dims.to_vec();
+        let last_dim = out_dims.len() - 1;
+        out_dims[last_dim] = n;
+        let out = match (storage, &*w_storage) {
+            (CpuStorage::F32(x), Storage::Cpu(CpuStorage::F32(w))) => {
+                CpuStorage::F32(gemm_xw(&x[start..end], &w[ws..we], (m, n, k), strides))
+            }
+            (CpuStorage::BF16(x), Storage::Cpu(CpuStorage::BF16(w))) => {
+                CpuStorage::BF16(gemm_xw(&x[start..end], &w[ws..we], (m, n, k), strides))
+            }
+            (CpuStorage::F16(x), Storage::Cpu(CpuStorage::F16(w))) => {
+                CpuStorage::F16(gemm_xw(&x[start..end], &w[ws..we], (m, n, k), strides))
+            }
+            (CpuStorage::F64(x), Storage::Cpu(CpuStorage::F64(w))) => {
+                CpuStorage::F64(gemm_xw(&x[start..end], &w[ws..we], (m, n, k), strides))
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(format!(
+                    "frozen-matmul: input dtype {:?} and weight dtype {:?} must match (f32, f16, bf16 or f64 on cpu)",
+                    storage.dtype(),
+                    self.weight.dtype()
+                )))
+            }
+        };
+        Ok((out, Shape::from(out_dims)))
+    }
+
+    /// `grad_x = grad_y · W`: `(..., d_out) -> (..., d_in)`; no gradient for `W`.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let back = FrozenMatmul { weight: self.weight.clone(), transposed: !self.transposed };
+        let gx = grad_res.contiguous()?.apply_op1_no_bwd(&back)?;
+        Ok(Some(gx.reshape(arg.shape())?))
+    }
+}
+
+/// `x: (..., d_in) · weight: (d_out, d_in)ᵀ -> (..., d_out)`, gradient only for `x`.
+///
+/// On CPU it runs the gemm directly; elsewhere it falls back to a matmul against a detached
+/// weight (which candle then still differentiates for the weight, at a cost but correctly).
+pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() != DType::U32 {
+        x.contiguous()?.apply_op1(FrozenMatmul { weight: weight.clone(), transposed: false })
+    } else {
+        x.broadcast_matmul(&weight.detach().t()?)
+    }
+}

@@ -1,0 +1,164 @@
+//! Named tensors of a checkpoint, in Hugging Face naming, loaded from safetensors.
+use crate::error::{ModelError, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A checkpoint's tensors by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`).
+#[derive(Debug, Clone, Default)]
+pub struct Weights {
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Where they came from, for error messages.
+    pub source: String,
+}
+
+impl Weights {
+    /// The tensor `name`, checked against `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.get_any(name)?;
+        if t.dims() != shape {
+            return Err(ModelError::ShapeMismatch { name: name.to_string(), expected: shape.to_vec(), actual: t.dims().to_vec() });
+        }
+        Ok(t)
+    }
+
+    pub fn get_any(&self, name: &str) -> Result<Tensor> {
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ModelError::MissingWeight { name: name.to_string(), source_desc: self.source.clone() })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Total number of scalar parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.tensors.values().map(|t| t.elem_count()).sum()
+    }
+}
+
+fn st_dtype(path: &Path, name: &str, d: safetensors::Dtype) -> Result<DType> {
+    Ok(match d {
+        safetensors::Dtype::F32 => DType::F32,
+        safetensors::Dtype::F16 => DType::F16,
+        safetensors::Dtype::BF16 => DType::BF16,
+        safetensors::Dtype::F64 => DType::F64,
+        safetensors::Dtype::I64 => DType::I64,
+        safetensors::Dtype::I32 => DType::I32,
+        safetensors::Dtype::U32 => DType::U32,
+        safetensors::Dtype::U8 => DType::U8,
+        other => {
+            return Err(ModelError::Safetensors {
+                path: path.to_path_buf(),
+                reason: format!("tensor `{name}` has unsupported dtype {other:?}"),
+            })
+        }
+    })
+}
+
+/// Reads every tensor of one safetensors file. Float tensors are converted to `float_dtype`
+/// when given; integer tensors keep their type. A truncated or corrupt file names the file.
+pub fn read_safetensors(path: &Path, device: &Device, float_dtype: Option<DType>) -> Result<BTreeMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        reason: format!("{e} (truncated or not a safetensors file?)"),
+    })?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let dtype = st_dtype(path, &name, view.dtype())?;
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?;
+        let t = match float_dtype {
+            Some(fd) if dtype.is_float() && dtype != fd => t.to_dtype(fd)?,
+            _ => t,
+        };
+        out.insert(name, t.to_device(device)?);
+    }
+    Ok(out)
+}
+
+/// Writes tensors to `path` atomically (temporary file in the same folder, then rename).
+pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: Option<std::collections::HashMap<String, String>>) -> Result<()> {
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_device(&Device::Cpu)?.contiguous()?;
+        let (dtype, bytes) = tensor_bytes(&t)?;
+        views.push((name.clone(), dtype, t.dims().to_vec(), bytes));
+    }
+    let data: Vec<(String, safetensors::tensor::TensorView<'_>)> = views
+        .iter()
+        .map(|(n, d, s, b)| {
+            safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| ModelError::Invalid(format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::tensor::serialize(data, &metadata)
+        .map_err(|e| ModelError::Invalid(format!("serialising {}: {e}", path.display())))?;
+    write_atomic(path, &bytes)
+}
+
+fn tensor_bytes(t: &Tensor) -> Result<(safetensors::Dtype, Vec<u8>)> {
+    fn raw<T: Copy>(v: Vec<T>) -> Vec<u8> {
+        let n = std::mem::size_of_val(v.as_slice());
+        let mut out = vec![0u8; n];
+        // SAFETY: plain-old-data numeric types copied byte for byte into a buffer of equal size.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr() as *const u8, out.as_mut_ptr(), n) };
+        out
+    }
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => (safetensors::Dtype::F32, raw(flat.to_vec1::<f32>()?)),
+        DType::F16 => (safetensors::Dtype::F16, raw(flat.to_vec1::<half::f16>()?)),
+        DType::BF16 => (safetensors::Dtype::BF16, raw(flat.to_vec1::<half::bf16>()?)),
+        DType::F64 => (safetensors::Dtype::F64, raw(flat.to_vec1::<f64>()?)),
+        DType::I64 => (safetensors::Dtype::I64, raw(flat.to_vec1::<i64>()?)),
+        DType::U32 => (safetensors::Dtype::U32, raw(flat.to_vec1::<u32>()?)),
+        DType::U8 => (safetensors::Dtype::U8, raw(flat.to_vec1::<u8>()?)),
+        other => return Err(ModelError::Invalid(format!("cannot save dtype {other:?}"))),
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves a
+/// half-written file under the final name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let file_name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    let tmp: PathBuf = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}
+
+/// Loads `model.safetensors`, or every shard listed in `model.safetensors.index.json`, of a
+/// Hugging Face folder.
+pub fn load_hf_weights(dir: &Path, device: &Device, dtype: DType) -> Result<Weights> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if single.exists() {
+        vec![single]
+    } else if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json { path: index.clone(), source })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::MissingConfigKey { path: index.clone(), key: "weight_map".into() })?;
+        let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        names.sort();
+        names.dedup();
+        names.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        return Err(ModelError::io(
+            &single,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no model.safetensors or model.safetensors.index.json in the folder"),
+        ));
+    };
+    let mut tensors = BTreeMap::new();
+    for f in &files {
+        tensors.extend(read_safetensors(f, device, Some(dtype))?);
+    }
+    Ok(Weights { tensors, source: dir.display().to_string() })
+}

@@ -1,0 +1,11 @@
+//! Parameter-efficient adapters for lowrank models: LoRA (and rsLoRA), target selection, merging,
+//! and the Hugging Face PEFT adapter format.
+pub mod error;
+pub mod lora;
+pub mod peft_format;
+pub mod targets;
+
+pub use error::{PeftError, Result};
+pub use lora::{LoraAdapters, LoraConfig, LoraLinear, LoraModule, LoraSite};
+pub use peft_format::{load_adapter, save_adapter, LoadedAdapter};
+pub use targets::TargetSpec;

@@ -1,0 +1,261 @@
+//! LoRA: `y = W x + b + s · B A dropout(x)` with `A: (r, d_in)`, `B: (d_out, r)`,
+//! `s = alpha / r` (rsLoRA: `alpha / sqrt(r)`). A is kaiming-uniform, B zero: a no-op at start.
+use crate::error::{PeftError, Result};
+use crate::targets::{pattern_match, select, TargetSpec};
+use candle_core::{DType, Device, Tensor, Var};
+use lowrank_models::generate::SplitMix64;
+use lowrank_models::{BaseLinear, LinearLayer, LinearSite, Weights};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// LoRA hyper-parameters (the `[lora]` section of a run file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// `["q_proj", "v_proj"]`, `"all-linear"`, or a regular expression over module paths.
+    pub targets: TargetSpec,
+    /// Module names or regular expressions to leave out.
+    pub exclude: Vec<String>,
+    pub use_rslora: bool,
+    /// Per-module rank: pattern → r (PEFT's `rank_pattern`).
+    pub rank_pattern: BTreeMap<String, usize>,
+    /// Per-module alpha: pattern → alpha (PEFT's `alpha_pattern`).
+    pub alpha_pattern: BTreeMap<String, f64>,
+    /// Seed of the A initialisation.
+    pub init_seed: u64,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            r: 8,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: TargetSpec::default(),
+            exclude: vec![],
+            use_rslora: false,
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+            init_seed: 0,
+        }
+    }
+}
+
+impl LoraConfig {
+    /// `(r, alpha)` for the module at `path`, after rank/alpha patterns.
+    pub fn rank_alpha(&self, path: &str) -> Result<(usize, f64)> {
+        let mut r = self.r;
+        let mut alpha = self.alpha;
+        for (pat, &pr) in &self.rank_pattern {
+            if pattern_match(path, pat)? {
+                r = pr;
+                break;
+            }
+        }
+        for (pat, &pa) in &self.alpha_pattern {
+            if pattern_match(path, pat)? {
+                alpha = pa;
+                break;
+            }
+        }
+        Ok((r, alpha))
+    }
+
+    pub fn scale(&self, r: usize, alpha: f64) -> f64 {
+        if self.use_rslora {
+            alpha / (r as f64).sqrt()
+        } else {
+            alpha / r as f64
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            return Err(PeftError::Invalid("r must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(PeftError::Invalid(format!("dropout must be in [0, 1), got {}", self.dropout)));
+        }
+        if let Some((p, _)) = self.rank_pattern.iter().find(|(_, &r)| r == 0) {
+            return Err(PeftError::Invalid(format!("rank_pattern `{p}` sets r = 0")));
+        }
+        Ok(())
+    }
+}
+
+/// One adapted linear layer's trainable factors.
+#[derive(Clone)]
+pub struct LoraModule {
+    pub path: String,
+    /// `(r, d_in)`.
+    pub a: Var,
+    /// `(d_out, r)`.
+    pub b: Var,
+    pub r: usize,
+    pub alpha: f64,
+    pub scale: f64,
+}
+
+impl LoraModule {
+    pub fn d_in(&self) -> usize {
+        self.a.dims()[1]
+    }
+    pub fn d_out(&self) -> usize {
+        self.b.dims()[0]
+    }
+    pub fn parameter_count(&self) -> usize {
+        self.r * (self.d_in() + self.d_out())
+    }
+    /// `s · B · A: (d_out, d_in)`, in f32.
+    pub fn delta_weight(&self) -> candle_core::Result<Tensor> {
+        let a = self.a.as_tensor().to_dtype(DType::F32)?;
+        let b = self.b.as_tensor().to_dtype(DType::F32)?;
+        b.matmul(&a)? * self.scale
+    }
+}
+
+/// Shared state for adapter dropout: a seeded generator the trainer reseeds every micro-step so
+/// runs (and resumed runs) draw the same masks.
+#[derive(Clone)]
+pub struct DropoutRng(pub Arc<Mutex<SplitMix64>>);
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        Self(Arc::new(Mutex::new(SplitMix64(seed))))
+    }
+    pub fn reseed(&self, seed: u64) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = SplitMix64(seed);
+        }
+    }
+    /// Inverted-dropout mask of `n` values: 0 or `1/(1-p)`.
+    fn mask(&self, n: usize, p: f64) -> Vec<f32> {
+        let keep = 1.0 / (1.0 - p) as f32;
+        match self.0.lock() {
+            Ok(mut g) => (0..n).map(|_| if g.next_f64() < p { 0.0 } else { keep }).collect(),
+            Err(_) => vec![1.0; n],
+        }
+    }
+}
+
+/// All LoRA modules of a model, keyed by module path.
+#[derive(Clone)]
+pub struct LoraAdapters {
+    pub config: LoraConfig,
+    pub modules: BTreeMap<String, LoraModule>,
+    pub dropout_rng: DropoutRng,
+}
+
+impl LoraAdapters {
+    /// Fresh adapters for the modules of `linear_modules: (path, d_in, d_out)` chosen by the
+    /// config: A kaiming-uniform in `±1/sqrt(d_in)`, B zero.
+    pub fn init(config: &LoraConfig, linear_modules: &[(String, usize, usize)], device: &Device) -> Result<Self> {
+        config.validate()?;
+        let paths: Vec<&str> = linear_modules.iter().map(|(p, _, _)| p.as_str()).collect();
+        let chosen = select(&config.targets, &config.exclude, &paths)?;
+        let mut modules = BTreeMap::new();
+        for (path, d_in, d_out) in linear_modules.iter().filter(|(p, _, _)| chosen.contains(p)) {
+            let (r, alpha) = config.rank_alpha(path)?;
+            let mut rng = SplitMix64(config.init_seed ^ fnv1a(path));
+            let bound = 1.0 / (*d_in as f64).sqrt();
+            let a: Vec<f32> = (0..r * d_in).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+            let a = Var::from_tensor(&Tensor::from_vec(a, (r, *d_in), device)?)?;
+            let b = Var::zeros((*d_out, r), DType::F32, device)?;
+            modules.insert(path.clone(), LoraModule { path: path.clone(), a, b, r, alpha, scale: config.scale(r, alpha) });
+        }
+        Ok(Self { config: config.clone(), modules, dropout_rng: DropoutRng::new(config.init_seed) })
+    }
+
+    /// Trainable parameters: `Σ r·(d_in + d_out)`.
+    pub fn trainable_parameters(&self) -> usize {
+        self.modules.values().map(LoraModule::parameter_count).sum()
+    }
+
+    /// `(name, var)` for every trainable tensor, named as in PEFT's file (without the
+    /// `base_model.model.` prefix): `<path>.lora_A.weight`, `<path>.lora_B.weight`.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::with_capacity(self.modules.len() * 2);
+        for (p, m) in &self.modules {
+            out.push((format!("{p}.lora_A.weight"), m.a.clone()));
+            out.push((format!("{p}.lora_B.weight"), m.b.clone()));
+        }
+        out
+    }
+
+    /// `W ← W + s·B·A` (in f32, then back to W's dtype) for every adapted module.
+    pub fn merge_into(&self, weights: &mut Weights) -> Result<()> {
+        for (p, m) in &self.modules {
+            let key = format!("{p}.weight");
+            let w = weights.get(&key, &[m.d_out(), m.d_in()])?;
+            let merged = (w.to_dtype(DType::F32)? + m.delta_weight()?)?.to_dtype(w.dtype())?;
+            weights.tensors.insert(key, merged);
+        }
+        Ok(())
+    }
+
+    /// `W ← W − s·B·A`: undoes [`merge_into`](Self::merge_into).
+    pub fn unmerge_from(&self, weights: &mut Weights) -> Result<()> {
+        for (p, m) in &self.modules {
+            let key = format!("{p}.weight");
+            let w = weights.get(&key, &[m.d_out(), m.d_in()])?;
+            let un = (w.to_dtype(DType::F32)? - m.delta_weight()?)?.to_dtype(w.dtype())?;
+            weights.tensors.insert(key, un);
+        }
+        Ok(())
+    }
+}
+
+/// 64-bit FNV-1a of a string: a stable per-module seed.
+pub fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// A base linear layer with a LoRA branch.
+pub struct LoraLinear {
+    pub base: BaseLinear,
+    pub module: LoraModule,
+    pub dropout: f64,
+    pub rng: DropoutRng,
+}
+
+impl LinearLayer for LoraLinear {
+    /// `x: (b, t, d_in) -> (b, t, d_out)`.
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let y = self.base.forward_t(x, train)?;
+        let dims = x.dims().to_vec();
+        let d_in = self.module.d_in();
+        let rows = x.elem_count() / d_in;
+        let mut xa = x.reshape((rows, d_in))?;
+        if train && self.dropout > 0.0 {
+            let mask = Tensor::from_vec(self.rng.mask(rows * d_in, self.dropout), (rows, d_in), x.device())?.to_dtype(x.dtype())?;
+            xa = (xa * mask)?;
+        }
+        let a = self.module.a.as_tensor().to_dtype(x.dtype())?;
+        let b = self.module.b.as_tensor().to_dtype(x.dtype())?;
+        let delta = (xa.matmul(&a.t()?)?.matmul(&b.t()?)? * self.module.scale)?;
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.module.d_out();
+        y + delta.reshape(out_dims)?
+    }
+}
+
+/// Attaches the adapters' LoRA branches to the layers they name; other layers stay plain.
+pub struct LoraSite<'a> {
+    pub adapters: &'a LoraAdapters,
+    /// Adapter dropout applies only when the model runs with `train = true`.
+    pub dropout: f64,
+}
+
+impl LinearSite for LoraSite<'_> {
+    fn build(&self, base: BaseLinear) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
+        match self.adapters.modules.get(&base.path) {
+            Some(m) => Ok(Arc::new(LoraLinear { base, module: m.clone(), dropout: self.dropout, rng: self.adapters.dropout_rng.clone() })),
+            None => Ok(Arc::new(base)),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Hugging Face PEFT's adapter folder: `adapter_config.json` + `adapter_model.safetensors`
+//! with keys `base_model.model.<module path>.lora_A.weight` / `.lora_B.weight`.
+use crate::error::{PeftError, Result};
+use crate::lora::{DropoutRng, LoraAdapters, LoraConfig, LoraModule};
+use crate::targets::TargetSpec;
+use candle_core::{DType, Device, Var};
+use lowrank_models::weights::{read_safetensors, write_atomic, write_safetensors};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+const PREFIX: &str = "base_model.model.";
+
+/// Keys PEFT writes in a LoRA `adapter_config.json`; others are reported as warnings.
+const KNOWN_KEYS: &[&str] = &[
+    "alpha_pattern", "auto_mapping", "base_model_name_or_path", "bias", "corda_config", "eva_config",
+    "exclude_modules", "fan_in_fan_out", "inference_mode", "init_lora_weights", "layer_replication",
+    "layers_pattern", "layers_to_transform", "loftq_config", "lora_alpha", "lora_bias", "lora_dropout",
+    "megatron_config", "megatron_core", "modules_to_save", "peft_type", "peft_version", "qalora_group_size",
+    "r", "rank_pattern", "revision", "target_modules", "target_parameters", "task_type",
+    "trainable_token_indices", "use_dora", "use_qalora", "use_rslora", "alora_invocation_tokens",
+    "arrow_config", "ensure_weight_tying", "kasa_config", "lora_ga_config", "monteclora_config",
+    "use_bdlora", "velora_config",
+];
+
+/// `adapter_config.json` for `adapters`.
+pub fn adapter_config_json(adapters: &LoraAdapters, base_model: &str, task_type: &str) -> Value {
+    let c = &adapters.config;
+    let target_modules = match &c.targets {
+        TargetSpec::Names(n) => json!(n),
+        TargetSpec::Pattern(p) if p == "all-linear" => {
+            // PEFT records the resolved leaf names.
+            let mut leaves: Vec<&str> = adapters.modules.keys().map(|p| p.rsplit('.').next().unwrap_or(p)).collect();
+            leaves.sort();
+            leaves.dedup();
+            json!(leaves)
+        }
+        TargetSpec::Pattern(p) => json!(p),
+    };
+    json!({
+        "alpha_pattern": c.alpha_pattern,
+        "auto_mapping": null,
+        "base_model_name_or_path": base_model,
+        "bias": "none",
+        "exclude_modules": if c.exclude.is_empty() { Value::Null } else { json!(c.exclude) },
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "layers_pattern": null,
+        "layers_to_transform": null,
+        "lora_alpha": c.alpha,
+        "lora_dropout": c.dropout,
+        "modules_to_save": null,
+        "peft_type": "LORA",
+        "r": c.r,
+        "rank_pattern": c.rank_pattern,
+        "revision": null,
+        "target_modules": target_modules,
+        "task_type": task_type,
+        "use_dora": false,
+        "use_rslora": c.use_rslora,
+    })
+}
+
+/// Writes the adapter folder (each file atomically).
+pub fn save_adapter(dir: &Path, adapters: &LoraAdapters, base_model: &str, task_type: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| PeftError::Io { path: dir.to_path_buf(), source })?;
+    let mut tensors = BTreeMap::new();
+    for (name, var) in adapters.named_vars() {
+        tensors.insert(format!("{PREFIX}{name}"), var.as_tensor().to_dtype(DType::F32)?);
+    }
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, Some(meta))?;
+    let cfg = adapter_config_json(adapters, base_model, task_type);
+    let text = serde_json::to_string_pretty(&cfg).map_err(|source| PeftError::Json { path: dir.join(CONFIG_FILE), source })?;
+    write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
+    Ok(())
+}
+
+/// A loaded adapter and what was noticed while reading it.
+pub struct LoadedAdapter {
+    pub adapters: LoraAdapters,
+    pub warnings: Vec<String>,
+    pub task_type: Option<String>,
+}
+
+fn req<'a>(v: &'a Value, key: &str, path: &Path) -> Result<&'a Value> {
+    v.get(key).filter(|x| !x.is_null()).ok_or_else(|| PeftError::MissingKey { path: path.to_path_buf(), key: key.into() })
+}
+
+/// Reads a LoRA adapter config into a [`LoraConfig`] (with warnings for unknown keys).
+pub fn read_adapter_config(path: &Path) -> Result<(LoraConfig, Value, Vec<String>)> {
+    let text = std::fs::read_to_string(path).map_err(|source| PeftError::Io { path: path.to_path_buf(), source })?;
+    let v: Value = serde_json::from_str(&text).map_err(|source| PeftError::Json { path: path.to_path_buf(), source })?;
+    let obj = v.as_object().ok_or_else(|| PeftError::InvalidConfig { path: path.to_path_buf(), reason: "not a JSON object".into() })?;
+    let mut warnings: Vec<String> = obj
+        .keys()
+        .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+        .map(|k| format!("{}: unknown key `{k}` ignored", path.display()))
+        .collect();
+    let peft_type = req(&v, "peft_type", path)?.as_str().unwrap_or_default();
+    if peft_type != "LORA" {
+        return Err(PeftError::InvalidConfig { path: path.to_path_buf(), reason: format!("peft_type `{peft_type}` is not supported here (LORA)") });
+    }
+    let bad = |key: &str, what: &str| PeftError::InvalidConfig { path: path.to_path_buf(), reason: format!("`{key}` must be {what}") };
+    let r = req(&v, "r", path)?.as_u64().ok_or_else(|| bad("r", "a positive integer"))? as usize;
+    let alpha = req(&v, "lora_alpha", path)?.as_f64().ok_or_else(|| bad("lora_alpha", "a number"))?;
+    let targets = match req(&v, "target_modules", path)? {
+        Value::String(s) => TargetSpec::Pattern(s.clone()),
+        Value::Array(a) => TargetSpec::Names(a.iter().filter_map(|x| x.as_str().map(String::from)).collect()),
+        _ => return Err(bad("target_modules", "a list of names or a string")),
+    };
+    if v.get("use_dora").and_then(Value::as_bool).unwrap_or(false) {
+        return Err(PeftError::InvalidConfig { path: path.to_path_buf(), reason: "use_dora = true is not supported yet".into() });
+    }
+    if v.get("fan_in_fan_out").and_then(Value::as_bool).unwrap_or(false) {
+        warnings.push(format!("{}: fan_in_fan_out = true (Conv1D layers) has no effect on Llama-family models", path.display()));
+    }
+    let map_usize = |key: &str| -> BTreeMap<String, usize> {
+        v.get(key).and_then(Value::as_object).map(|o| o.iter().filter_map(|(k, x)| x.as_u64().map(|n| (k.clone(), n as usize))).collect()).unwrap_or_default()
+    };
+    let map_f64 = |key: &str| -> BTreeMap<String, f64> {
+        v.get(key).and_then(Value::as_object).map(|o| o.iter().filter_map(|(k, x)| x.as_f64().map(|n| (k.clone(), n))).collect()).unwrap_or_default()
+    };
+    let exclude = match v.get("exclude_modules") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        _ => vec![],
+    };
+    let cfg = LoraConfig {
+        r,
+        alpha,
+        dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+        targets,
+        exclude,
+        use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+        rank_pattern: map_usize("rank_pattern"),
+        alpha_pattern: map_f64("alpha_pattern"),
+        init_seed: 0,
+    };
+    Ok((cfg, v, warnings))
+}
+
+/// Loads an adapter folder for a model whose linear layers are `linear_modules: (path, d_in, d_out)`.
+/// Every tensor's module must exist and its shape must fit.
+pub fn load_adapter(dir: &Path, linear_modules: &[(String, usize, usize)], device: &Device) -> Result<LoadedAdapter> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let (config, raw, mut warnings) = read_adapter_config(&cfg_path)?;
+    let st_path = dir.join(WEIGHTS_FILE);
+    if !st_path.exists() {
+        let alt = dir.join("adapter_model.bin");
+        let reason = if alt.exists() { "only adapter_model.bin (pickle) found; save with safe_serialization=True" } else { "file not found" };
+        return Err(PeftError::Io { path: st_path, source: std::io::Error::new(std::io::ErrorKind::NotFound, reason) });
+    }
+    let tensors = read_safetensors(&st_path, device, Some(DType::F32))?;
+    let shapes: BTreeMap<&str, (usize, usize)> = linear_modules.iter().map(|(p, i, o)| (p.as_str(), (*i, *o))).collect();
+    let mut a_map = BTreeMap::new();
+    let mut b_map = BTreeMap::new();
+    for (key, t) in tensors {
+        let Some(rest) = key.strip_prefix(PREFIX) else {
+            warnings.push(format!("{}: tensor `{key}` ignored (not under `{PREFIX}`)", st_path.display()));
+            continue;
+        };
+        let (module, is_a) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+            (m.to_string(), true)
+        } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
+            (m.to_string(), false)
+        } else {
+            warnings.push(format!("{}: tensor `{key}` ignored (not a LoRA factor)", st_path.display()));
+            continue;
+        };
+        if !shapes.contains_key(module.as_str()) {
+            return Err(PeftError::UnknownModule { file: st_path.clone(), key, module });
+        }
+        if is_a { a_map.insert(module, (key, t)) } else { b_map.insert(module, (key, t)) };
+    }
+    let mut modules = BTreeMap::new();
+    for (module, (a_key, a)) in a_map {
+        let (d_in, d_out) = shapes[module.as_str()];
+        let (b_key, b) = b_map.remove(&module).ok_or_else(|| PeftError::MissingTensor {
+            file: st_path.clone(),
+            key: format!("{PREFIX}{module}.lora_B.weight"),
+        })?;
+        let a_dims = a.dims().to_vec();
+        if a_dims.len() != 2 || a_dims[1] != d_in {
+            return Err(PeftError::ShapeMismatch { file: st_path.clone(), key: a_key, module, expected: vec![a_dims.first().copied().unwrap_or(0), d_in], actual: a_dims });
+        }
+        let r = a_dims[0];
+        if b.dims() != [d_out, r] {
+            return Err(PeftError::ShapeMismatch { file: st_path.clone(), key: b_key, module, expected: vec![d_out, r], actual: b.dims().to_vec() });
+        }
+        let (_, alpha) = config.rank_alpha(&module)?;
+        let scale = config.scale(r, alpha);
+        modules.insert(module.clone(), LoraModule { path: module, a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, r, alpha, scale });
+    }
+    if let Some((_, (key, _))) = b_map.into_iter().next() {
+        return Err(PeftError::MissingTensor { file: st_path.clone(), key: key.replace(".lora_B.", ".lora_A.") });
+    }
+    if modules.is_empty() {
+        return Err(PeftError::InvalidConfig { path: st_path, reason: "no LoRA tensors found".into() });
+    }
+    let task_type = raw.get("task_type").and_then(Value::as_str).map(String::from);
+    Ok(LoadedAdapter { adapters: LoraAdapters { config, modules, dropout_rng: DropoutRng::new(0) }, warnings, task_type })
+}

@@ -1,0 +1,144 @@
+//! Parity with PyTorch + transformers + PEFT on the tiny random Llama of tests/fixtures/tiny-llama
+//! (regenerate with `python3 scripts/make_fixtures.py`): logits, loss, every LoRA gradient and
+//! the parameters after 3 AdamW steps.
+use candle_core::{DType, Device, Tensor};
+use lowrank_models::weights::read_safetensors;
+use lowrank_models::{load_model, Llama, PlainSite};
+use lowrank_peft::{load_adapter, LoraSite};
+use lowrank_train::optim::{collect_grads, AdamW, AdamWParams};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama")
+}
+
+fn golden() -> BTreeMap<String, Tensor> {
+    read_safetensors(&fixtures().join("golden.safetensors"), &Device::Cpu, None).unwrap()
+}
+
+fn rows_i64(t: &Tensor) -> Vec<Vec<i64>> {
+    t.to_vec2::<i64>().unwrap()
+}
+
+/// Max |a − b| over positions whose attention mask is 1, and max |b| for a relative figure.
+fn max_diff_masked(a: &Tensor, b: &Tensor, mask: &[Vec<i64>]) -> (f32, f32) {
+    let a = a.to_dtype(DType::F32).unwrap().to_vec3::<f32>().unwrap();
+    let b = b.to_vec3::<f32>().unwrap();
+    let (mut d, mut m) = (0f32, 0f32);
+    for (bi, row) in mask.iter().enumerate() {
+        for (ti, &keep) in row.iter().enumerate() {
+            if keep == 1 {
+                for (x, y) in a[bi][ti].iter().zip(&b[bi][ti]) {
+                    d = d.max((x - y).abs());
+                    m = m.max(y.abs());
+                }
+            }
+        }
+    }
+    (d, m)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn base_logits_match_transformers() {
+    let g = golden();
+    let m = load_model(&fixtures().join("hf"), &Device::Cpu, DType::F32).unwrap();
+    let model = Llama::new(&m.config, &m.weights, &PlainSite, &Device::Cpu).unwrap();
+    let mask = &g["attention_mask"];
+    let logits = model.forward(&g["input_ids"], Some(mask), false).unwrap();
+    let (d, scale) = max_diff_masked(&logits, &g["base.logits"], &rows_i64(mask));
+    println!("base logits: max |diff| = {d:e} (max |logit| = {scale})");
+    assert!(d <= 1e-4 * scale.max(1.0), "base logits differ by {d}");
+}
+
+#[test]
+fn qwen2_logits_match_transformers() {
+    let g = golden();
+    let m = load_model(&fixtures().join("hf-qwen2"), &Device::Cpu, DType::F32).unwrap();
+    assert!(m.config.attention_bias && !m.config.tie_word_embeddings);
+    let model = Llama::new(&m.config, &m.weights, &PlainSite, &Device::Cpu).unwrap();
+    let mask = &g["attention_mask"];
+    let logits = model.forward(&g["input_ids"], Some(mask), false).unwrap();
+    let (d, scale) = max_diff_masked(&logits, &g["qwen2.logits"], &rows_i64(mask));
+    println!("qwen2 logits: max |diff| = {d:e}");
+    assert!(d <= 1e-4 * scale.max(1.0), "qwen2 logits differ by {d}");
+}
+
+fn check_adapter(dir: &str, prefix: &str) {
+    let g = golden();
+    let dev = Device::Cpu;
+    let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
+    let loaded = load_adapter(&fixtures().join(dir), &m.config.linear_modules(), &dev).unwrap();
+    let model = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &loaded.adapters, dropout: 0.0 }, &dev).unwrap();
+    let mask = &g["attention_mask"];
+    let logits = model.forward(&g["input_ids"], Some(mask), false).unwrap();
+    let (d, scale) = max_diff_masked(&logits, &g[&format!("{prefix}.logits")], &rows_i64(mask));
+    println!("{prefix} logits: max |diff| = {d:e}");
+    assert!(d <= 1e-4 * scale.max(1.0), "{prefix} logits differ by {d}");
+    let labels = rows_i64(&g["labels"]);
+    let (sum, n) = model.loss_sum(&g["input_ids"], Some(mask), &labels, 0.0, false).unwrap();
+    let loss = sum.to_scalar::<f32>().unwrap() / n as f32;
+    let want = g[&format!("{prefix}.loss")].to_vec1::<f32>().unwrap()[0];
+    println!("{prefix} loss: ours {loss} torch {want}");
+    assert!((loss - want).abs() <= 1e-4 * want.abs().max(1.0));
+}
+
+#[test]
+fn peft_written_adapter_reproduces_peft_logits_and_loss() {
+    check_adapter("peft-adapter", "peft");
+}
+
+#[test]
+fn rslora_adapter_reproduces_peft_logits_and_loss() {
+    check_adapter("peft-adapter-rslora", "rslora");
+}
+
+#[test]
+fn lora_gradients_and_three_adamw_steps_match_pytorch() {
+    let g = golden();
+    let dev = Device::Cpu;
+    let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
+    let loaded = load_adapter(&fixtures().join("peft-adapter"), &m.config.linear_modules(), &dev).unwrap();
+    let adapters = loaded.adapters;
+    let model = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
+    let mask = &g["attention_mask"];
+    let labels = rows_i64(&g["labels"]);
+    let vars: Vec<(String, candle_core::Var)> =
+        adapters.named_vars().into_iter().map(|(n, v)| (format!("base_model.model.{n}"), v)).collect();
+    let mut opt = AdamW::new(vars.clone(), AdamWParams { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }).unwrap();
+    let want_losses = g["step_losses"].to_vec1::<f32>().unwrap();
+    let mut worst_grad = 0f32;
+    for step in 0..3 {
+        let (sum, n) = model.loss_sum(&g["input_ids"], Some(mask), &labels, 0.0, true).unwrap();
+        let loss = (sum / n as f64).unwrap();
+        let lv = loss.to_scalar::<f32>().unwrap();
+        println!("step {step}: loss ours {lv} torch {}", want_losses[step]);
+        assert!((lv - want_losses[step]).abs() <= 1e-4 * want_losses[step].abs());
+        let store = loss.backward().unwrap();
+        let grads = collect_grads(&vars, &store);
+        if step == 0 {
+            for ((name, _), grad) in vars.iter().zip(&grads) {
+                let want = &g[&format!("grad.{name}")];
+                let got = grad.as_ref().unwrap_or_else(|| panic!("no gradient for {name}"));
+                let d = max_abs_diff(got, want);
+                let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                worst_grad = worst_grad.max(d / scale.max(1e-6));
+                assert!(d <= 1e-4 * scale.max(1e-3), "gradient of {name} differs by {d} (scale {scale})");
+            }
+            println!("LoRA gradients: worst relative diff {worst_grad:e}");
+        }
+        opt.step(&grads, 1e-2).unwrap();
+    }
+    let mut worst = 0f32;
+    for (name, var) in &vars {
+        let want = &g[&format!("step3.{name}")];
+        let d = max_abs_diff(var.as_tensor(), want);
+        worst = worst.max(d);
+        assert!(d <= 1e-4, "{name} after 3 AdamW steps differs by {d}");
+    }
+    println!("parameters after 3 AdamW steps: max |diff| = {worst:e}");
+}
