@@ -1,1 +1,69 @@
-fn main() {}
+//! `lowrank`: LoRA fine-tuning of pretrained transformers. The binary is thin: it parses
+//! arguments, calls the library crates, and prints one `lowrank: error: ...` line on failure
+//! (exit code 1; 2 for bad arguments).
+mod bench;
+mod common;
+mod generate;
+mod inspect;
+mod merge;
+mod plot;
+mod progress;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lowrank", version, about = "Parameter-efficient fine-tuning (LoRA) of pretrained transformers")]
+struct Cli {
+    /// Compute threads (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fine-tune a model with LoRA as described by a run file.
+    Train(train::TrainArgs),
+    /// Generate text from a prompt (greedy unless --temperature is given).
+    Generate(generate::GenerateArgs),
+    /// Merge an adapter into its base model and save a Hugging Face folder.
+    Merge(merge::MergeArgs),
+    /// Show modules, shapes, dtypes and parameter counts of a model or adapter.
+    Inspect(inspect::InspectArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() {
+    common::tune_allocator();
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads.or_else(|| std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok())) {
+        let _ = rayon_init(n);
+    }
+    let result = match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Bench(b) => bench::run(b),
+    };
+    if let Err(e) = result {
+        let mut msg = format!("{e}");
+        for cause in e.chain().skip(1) {
+            let c = cause.to_string();
+            if !msg.contains(&c) {
+                msg.push_str(&format!(": {c}"));
+            }
+        }
+        eprintln!("lowrank: error: {msg}");
+        std::process::exit(1);
+    }
+}
+
+fn rayon_init(n: usize) -> Result<(), String> {
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    Ok(())
+}

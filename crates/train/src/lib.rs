@@ -1,5 +1,11 @@
 //! Training for lowrank: data sets and batching, AdamW and schedules, the loop, checkpoints.
+pub mod checkpoint;
+pub mod config;
+pub mod data;
 pub mod error;
 pub mod optim;
+pub mod trainer;
 
+pub use config::RunConfig;
 pub use error::{Result, TrainError};
+pub use trainer::{Observer, Silent, StepLog, TrainSummary, Trainer};

@@ -1,0 +1,83 @@
+//! `lowrank bench train`: median LoRA training-step time on synthetic tokens, as one JSON line.
+use crate::common::{device, parse_dtype, peak_rss_mib};
+use anyhow::{Context, Result};
+use lowrank_models::{load_model, Llama};
+use lowrank_peft::{LoraAdapters, LoraConfig, LoraSite, TargetSpec};
+use lowrank_train::optim::{collect_grads, AdamW, AdamWParams};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Time LoRA training steps (forward, backward, AdamW) at a fixed batch shape.
+    Train(BenchTrainArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BenchTrainArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Comma-separated module names, or all-linear.
+    #[arg(long, default_value = "q_proj,v_proj")]
+    targets: String,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    let BenchCommand::Train(a) = cmd;
+    let dev = device();
+    let loaded = load_model(&a.model, &dev, parse_dtype(&a.dtype)?).with_context(|| format!("loading model {}", a.model.display()))?;
+    let targets = if a.targets == "all-linear" { TargetSpec::Pattern(a.targets.clone()) } else { TargetSpec::Names(a.targets.split(',').map(String::from).collect()) };
+    let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets, init_seed: 1, ..Default::default() };
+    let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;
+    let model = Llama::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?;
+    let vocab = loaded.config.vocab_size as u64;
+    let mut rng = lowrank_models::generate::SplitMix64(7);
+    let ids: Vec<u32> = (0..a.batch * a.seq).map(|_| (rng.next_u64() % vocab) as u32).collect();
+    let labels: Vec<Vec<i64>> = ids.chunks(a.seq).map(|r| r.iter().map(|&x| x as i64).collect()).collect();
+    let input = candle_core::Tensor::from_vec(ids, (a.batch, a.seq), &dev)?;
+    let vars = adapters.named_vars();
+    let mut opt = AdamW::new(vars.clone(), AdamWParams { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    for i in 0..=a.steps {
+        let t = Instant::now();
+        let (sum, n) = model.loss_sum(&input, None, &labels, 0.0, true)?;
+        let loss = (sum / n as f64)?;
+        let store = loss.backward()?;
+        let grads = collect_grads(&vars, &store);
+        opt.step(&grads, 1e-4)?;
+        losses.push(loss.to_scalar::<f32>()?);
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|x, y| x.total_cmp(y));
+    let median = times[times.len() / 2];
+    let line = serde_json::json!({
+        "bench": "train",
+        "model": a.model.display().to_string(),
+        "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets, "dtype": a.dtype,
+        "threads": candle_core::utils::get_num_threads(),
+        "steps": a.steps,
+        "tokens_per_s": (a.batch * a.seq) as f64 / median,
+        "step_ms": median * 1000.0,
+        "step_ms_min": times[0] * 1000.0,
+        "step_ms_max": times[times.len() - 1] * 1000.0,
+        "peak_rss_mib": peak_rss_mib(),
+        "trainable_params": adapters.trainable_parameters(),
+        "first_loss": losses[0],
+    });
+    println!("{line}");
+    Ok(())
+}

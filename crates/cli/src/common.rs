@@ -1,0 +1,94 @@
+//! Shared pieces of the commands: opening a model (with an adapter), devices, number formats.
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use lowrank_models::{load_model, Llama, LoadedModel, PlainSite};
+use lowrank_peft::{load_adapter, LoraAdapters, LoraSite};
+use std::path::Path;
+
+/// glibc: large blocks straight from mmap, no eager trimming (fewer page faults per step).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => anyhow::bail!("unknown dtype `{other}` (f32, bf16, f16)"),
+    })
+}
+
+pub fn device() -> Device {
+    Device::Cpu
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// PEFT's `print_trainable_parameters` line.
+pub fn trainable_line(trainable: usize, base: usize) -> String {
+    let all = trainable + base;
+    format!(
+        "trainable params: {} || all params: {} || trainable%: {:.4}",
+        thousands(trainable),
+        thousands(all),
+        100.0 * trainable as f64 / all.max(1) as f64
+    )
+}
+
+/// A model ready for inference, with an adapter merged (default) or attached.
+pub struct Ready {
+    pub loaded: LoadedModel,
+    pub model: Llama,
+    #[allow(dead_code)]
+    pub adapters: Option<LoraAdapters>,
+}
+
+pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dtype: DType) -> Result<Ready> {
+    let dev = device();
+    let mut loaded = load_model(model, &dev, dtype).with_context(|| format!("loading model {}", model.display()))?;
+    let adapters = match adapter {
+        Some(dir) => {
+            let a = load_adapter(dir, &loaded.config.linear_modules(), &dev).with_context(|| format!("loading adapter {}", dir.display()))?;
+            for w in &a.warnings {
+                eprintln!("lowrank: warning: {w}");
+            }
+            Some(a.adapters)
+        }
+        None => None,
+    };
+    let model = match (&adapters, merge) {
+        (Some(a), true) => {
+            a.merge_into(&mut loaded.weights)?;
+            Llama::new(&loaded.config, &loaded.weights, &PlainSite, &dev)?
+        }
+        (Some(a), false) => Llama::new(&loaded.config, &loaded.weights, &LoraSite { adapters: a, dropout: 0.0 }, &dev)?,
+        (None, _) => Llama::new(&loaded.config, &loaded.weights, &PlainSite, &dev)?,
+    };
+    Ok(Ready { loaded, model, adapters })
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,63 @@
+//! `lowrank generate`: text from a prompt; only the generated text goes to stdout.
+use crate::common::{open_for_inference, parse_dtype};
+use anyhow::Result;
+use lowrank_models::generate::{generate, SamplingParams};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Hugging Face folder or .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// PEFT adapter folder to apply.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Sampling temperature (greedy when absent or 0).
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Wrap the prompt in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Keep the adapter as a separate branch instead of merging it into the weights.
+    #[arg(long)]
+    no_merge: bool,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    if let Some(t) = a.temperature {
+        anyhow::ensure!(t >= 0.0, "--temperature must be >= 0, got {t}");
+    }
+    if let Some(p) = a.top_p {
+        anyhow::ensure!(p > 0.0 && p <= 1.0, "--top-p must be in (0, 1], got {p}");
+    }
+    let ready = open_for_inference(&a.model, a.adapter.as_deref(), !a.no_merge, parse_dtype(&a.dtype)?)?;
+    let tok = &ready.loaded.tokenizer;
+    let text = if a.chat { tok.chat_prompt(&a.prompt) } else { a.prompt.clone() };
+    let ids = tok.encode(&text)?;
+    anyhow::ensure!(!ids.is_empty(), "the prompt is empty after tokenisation");
+    let params = SamplingParams {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop_ids: tok.eos_ids.clone(),
+        ignore_stop: false,
+    };
+    let out = generate(&ready.model, &[ids], &params, tok.pad_id)?;
+    let text = tok.decode(out.first().map(Vec::as_slice).unwrap_or(&[]))?;
+    println!("{text}");
+    Ok(())
+}

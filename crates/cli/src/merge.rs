@@ -1,0 +1,77 @@
+//! `lowrank merge`: `W ← W + s·B·A` and a Hugging Face folder (config.json, model.safetensors,
+//! tokenizer.json) that `transformers` loads. Written to a temporary folder, then renamed.
+use crate::common::{device, parse_dtype};
+use anyhow::{Context, Result};
+use lowrank_models::weights::{write_atomic, write_safetensors};
+use lowrank_models::{load_model, ModelSource};
+use lowrank_peft::load_adapter;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    adapter: PathBuf,
+    #[arg(long, alias = "out")]
+    output: PathBuf,
+    /// Replace the output folder if it exists.
+    #[arg(long)]
+    force: bool,
+    /// dtype of the saved weights.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+pub fn run(a: MergeArgs) -> Result<()> {
+    if a.output.exists() && !a.force {
+        anyhow::bail!("{} already exists (use --force to replace it)", a.output.display());
+    }
+    let dev = device();
+    let mut loaded = load_model(&a.model, &dev, candle_core::DType::F32).with_context(|| format!("loading model {}", a.model.display()))?;
+    let adapter = load_adapter(&a.adapter, &loaded.config.linear_modules(), &dev).with_context(|| format!("loading adapter {}", a.adapter.display()))?;
+    for w in &adapter.warnings {
+        eprintln!("lowrank: warning: {w}");
+    }
+    adapter.adapters.merge_into(&mut loaded.weights)?;
+    let out_dtype = parse_dtype(&a.dtype)?;
+    let name = a.output.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "merged".into());
+    let tmp = a.output.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut tensors = std::collections::BTreeMap::new();
+    for (k, t) in &loaded.weights.tensors {
+        if k == "lm_head.weight" && loaded.config.tie_word_embeddings {
+            continue;
+        }
+        tensors.insert(k.clone(), t.to_dtype(out_dtype)?);
+    }
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(&tmp.join("model.safetensors"), &tensors, Some(meta))?;
+    let mut cfg = loaded.config.to_hf_json();
+    cfg["torch_dtype"] = serde_json::Value::String(match a.dtype.as_str() { "bf16" => "bfloat16", "f16" => "float16", _ => "float32" }.into());
+    write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    loaded.tokenizer.save(&tmp.join("tokenizer.json"))?;
+    let tok_cfg = match &loaded.source {
+        ModelSource::HfFolder(dir) if dir.join("tokenizer_config.json").exists() => std::fs::read_to_string(dir.join("tokenizer_config.json"))?,
+        _ => {
+            let t = &loaded.tokenizer;
+            let name_of = |id: Option<u32>| id.and_then(|i| t.inner.id_to_token(i));
+            serde_json::to_string_pretty(&serde_json::json!({
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": name_of(t.bos_id),
+                "eos_token": name_of(t.eos_ids.first().copied()),
+                "pad_token": name_of(Some(t.pad_id)),
+                "chat_template": t.chat_template,
+                "model_max_length": loaded.config.max_position_embeddings,
+            }))?
+        }
+    };
+    write_atomic(&tmp.join("tokenizer_config.json"), tok_cfg.as_bytes())?;
+    if a.output.exists() {
+        std::fs::remove_dir_all(&a.output).with_context(|| format!("removing {}", a.output.display()))?;
+    }
+    std::fs::rename(&tmp, &a.output).with_context(|| format!("moving the merged model to {}", a.output.display()))?;
+    eprintln!("merged {} LoRA modules into {}", adapter.adapters.modules.len(), a.output.display());
+    Ok(())
+}

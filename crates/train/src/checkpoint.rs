@@ -1,0 +1,93 @@
+//! Checkpoints: adapter (PEFT layout), AdamW moments, and the step, written to a temporary
+//! folder and renamed into place, so a crash never leaves a half-written checkpoint.
+use crate::error::{Result, TrainError};
+use crate::optim::AdamW;
+use candle_core::{DType, Device};
+use lowrank_models::weights::{read_safetensors, write_atomic, write_safetensors};
+use lowrank_peft::LoraAdapters;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What the loop needs besides tensors to continue exactly where it stopped. Data order and
+/// dropout masks are functions of `(seed, step)`, so no generator state is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    pub total_steps: usize,
+    pub seed: u64,
+    /// Micro-batches consumed (the data position).
+    pub micro_batches: usize,
+    pub epoch: usize,
+    pub last_loss: f64,
+}
+
+pub fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
+    run_dir.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+/// Writes a checkpoint of `step` under `run_dir/checkpoints/`.
+pub fn save_checkpoint(run_dir: &Path, adapters: &LoraAdapters, opt: &AdamW, state: &TrainerState, base_model: &str) -> Result<PathBuf> {
+    let final_dir = checkpoint_dir(run_dir, state.step);
+    let tmp = final_dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    }
+    lowrank_peft::save_adapter(&tmp, adapters, base_model, "CAUSAL_LM")?;
+    let mut moments = BTreeMap::new();
+    for (i, (name, _)) in opt.vars.iter().enumerate() {
+        moments.insert(format!("m.{name}"), opt.m[i].clone());
+        moments.insert(format!("v.{name}"), opt.v[i].clone());
+    }
+    write_safetensors(&tmp.join("optimizer.safetensors"), &moments, None)?;
+    let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+    Ok(final_dir)
+}
+
+/// The newest complete checkpoint of a run folder, or `dir` itself when it is a checkpoint.
+pub fn find_checkpoint(dir: &Path) -> Result<PathBuf> {
+    if dir.join("trainer_state.json").exists() {
+        return Ok(dir.to_path_buf());
+    }
+    let ck = dir.join("checkpoints");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&ck)
+        .map_err(|e| TrainError::io(&ck, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("trainer_state.json").exists() && p.extension().is_none())
+        .collect();
+    found.sort();
+    found.pop().ok_or_else(|| TrainError::Checkpoint { path: ck, reason: "no complete checkpoint found".into() })
+}
+
+/// Restores adapter values, optimizer moments and the state from a checkpoint folder.
+pub fn load_checkpoint(dir: &Path, adapters: &LoraAdapters, opt: &mut AdamW) -> Result<TrainerState> {
+    let state_path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path: state_path.clone(), reason: e.to_string() })?;
+    let weights = read_safetensors(&dir.join(lowrank_peft::peft_format::WEIGHTS_FILE), &Device::Cpu, Some(DType::F32))?;
+    for (name, var) in adapters.named_vars() {
+        let key = format!("base_model.model.{name}");
+        let t = weights.get(&key).ok_or_else(|| TrainError::Checkpoint { path: dir.to_path_buf(), reason: format!("missing tensor `{key}` (was the run configured differently?)") })?;
+        if t.dims() != var.dims() {
+            return Err(TrainError::Checkpoint { path: dir.to_path_buf(), reason: format!("tensor `{key}` has shape {:?}, the run needs {:?}", t.dims(), var.dims()) });
+        }
+        var.set(&t.to_device(var.device())?)?;
+    }
+    let moments = read_safetensors(&dir.join("optimizer.safetensors"), &Device::Cpu, Some(DType::F32))?;
+    for (i, (name, var)) in opt.vars.iter().enumerate() {
+        for (slot, prefix) in [(&mut opt.m[i], "m"), (&mut opt.v[i], "v")] {
+            let key = format!("{prefix}.{name}");
+            let t = moments.get(&key).ok_or_else(|| TrainError::Checkpoint { path: dir.to_path_buf(), reason: format!("missing optimizer tensor `{key}`") })?;
+            *slot = t.to_device(var.device())?;
+        }
+    }
+    opt.t = state.step;
+    Ok(state)
+}

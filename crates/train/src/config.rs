@@ -1,0 +1,300 @@
+//! The run file (TOML): model, LoRA, data, training and report settings, with `--set` overrides
+//! and unknown keys reported with the nearest valid name.
+use crate::data::DataFormat;
+use crate::error::{Result, TrainError};
+use crate::optim::Schedule;
+use lowrank_peft::LoraConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// A Hugging Face folder or a `.gguf` file (`~` and `$VARS` expanded).
+    pub path: String,
+    /// Compute dtype: `f32` (default), `bf16` or `f16`.
+    pub dtype: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self { path: String::new(), dtype: "f32".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    pub format: DataFormat,
+    pub train: String,
+    /// Parallel text: the target-side file of `train`.
+    pub train_target: Option<String>,
+    pub valid: Option<String>,
+    pub valid_target: Option<String>,
+    /// Prompts shown before and after training, side by side (first unique prompts).
+    pub test: Option<String>,
+    pub test_target: Option<String>,
+    pub prompt_column: String,
+    pub completion_column: String,
+    pub prompt_template: String,
+    pub completion_template: String,
+    pub append_eos: bool,
+    pub max_length: usize,
+    /// Use only the first N training pairs (0: all).
+    pub train_limit: usize,
+    /// Use only the first N validation pairs (0: all).
+    pub valid_limit: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            format: DataFormat::Auto,
+            train: String::new(),
+            train_target: None,
+            valid: None,
+            valid_target: None,
+            test: None,
+            test_target: None,
+            prompt_column: "prompt".into(),
+            completion_column: "completion".into(),
+            prompt_template: "{prompt}".into(),
+            completion_template: "{completion}".into(),
+            append_eos: true,
+            max_length: 256,
+            train_limit: 0,
+            valid_limit: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Optimizer steps; 0: derived from `epochs`.
+    pub steps: usize,
+    pub epochs: f64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub warmup_steps: usize,
+    pub schedule: Schedule,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub max_grad_norm: f64,
+    pub label_smoothing: f64,
+    pub seed: u64,
+    /// Validation loss every N steps (0: only at the end).
+    pub eval_every: usize,
+    /// Checkpoint every N steps (0: none).
+    pub save_every: usize,
+    /// Compute threads (0: all cores).
+    pub threads: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            steps: 0,
+            epochs: 1.0,
+            batch_size: 8,
+            grad_accum: 1,
+            lr: 2e-4,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_steps: 0,
+            schedule: Schedule::Linear,
+            max_grad_norm: 1.0,
+            label_smoothing: 0.0,
+            seed: 42,
+            eval_every: 0,
+            save_every: 0,
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSection {
+    /// How many test prompts to generate for, before and after training.
+    pub samples: usize,
+    pub max_new_tokens: usize,
+    /// Wrap prompts in the tokenizer's chat template when generating samples.
+    pub chat_template: bool,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        Self { samples: 0, max_new_tokens: 48, chat_template: false }
+    }
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub model: ModelSection,
+    pub lora: LoraConfig,
+    pub data: DataSection,
+    pub train: TrainSection,
+    pub report: ReportSection,
+    /// Run folder (overridden by `--output`).
+    pub output: Option<String>,
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Adds "did you mean `x`?" to serde's "unknown field `y`, expected one of ..." messages.
+fn explain(msg: &str) -> String {
+    let Some(start) = msg.find("unknown field `") else { return msg.to_string() };
+    let rest = &msg[start + 15..];
+    let Some(end) = rest.find('`') else { return msg.to_string() };
+    let bad = &rest[..end];
+    let candidates: Vec<&str> = rest[end..].split('`').skip(1).step_by(2).collect();
+    match candidates.iter().min_by_key(|c| levenshtein(bad, c)) {
+        Some(best) => format!("{} (did you mean `{best}`?)", msg.trim_end()),
+        None => msg.to_string(),
+    }
+}
+
+/// Expands a leading `~` and `$VAR` / `${VAR}` references.
+pub fn expand_path(p: &str) -> PathBuf {
+    let mut s = p.to_string();
+    if let Some(rest) = s.strip_prefix("~/") {
+        if let Ok(home) = std::env::var("HOME") {
+            s = format!("{home}/{rest}");
+        }
+    }
+    let re_like = |s: &str| -> String {
+        let mut out = String::new();
+        let chars: Vec<char> = s.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            if chars[i] == '$' {
+                let braced = chars.get(i + 1) == Some(&'{');
+                let start = if braced { i + 2 } else { i + 1 };
+                let mut j = start;
+                while j < chars.len() && (chars[j].is_ascii_alphanumeric() || chars[j] == '_') {
+                    j += 1;
+                }
+                if j > start {
+                    let name: String = chars[start..j].iter().collect();
+                    out.push_str(&std::env::var(&name).unwrap_or_default());
+                    i = if braced && chars.get(j) == Some(&'}') { j + 1 } else { j };
+                    continue;
+                }
+            }
+            out.push(chars[i]);
+            i += 1;
+        }
+        out
+    };
+    PathBuf::from(re_like(&s))
+}
+
+/// Applies `section.key=value` (value parsed as TOML, else taken as a string).
+pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> std::result::Result<(), String> {
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| format!("--set `{assignment}`: expected section.key=value"))?;
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let mut table = doc;
+    for p in &parts[..parts.len() - 1] {
+        let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| format!("--set `{assignment}`: `{p}` is not a section"))?;
+    }
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+impl RunConfig {
+    /// Parses TOML text (after `overrides`); `origin` names the file in errors.
+    pub fn from_toml_str(text: &str, overrides: &[String], origin: &Path) -> Result<Self> {
+        let cfg_err = |reason: String| TrainError::Config { path: origin.to_path_buf(), reason };
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| cfg_err(e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut doc, o).map_err(cfg_err)?;
+        }
+        let cfg: RunConfig = toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| cfg_err(explain(&e.to_string())))?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        Self::from_toml_str(&text, overrides, path)
+    }
+
+    fn validate(&self, origin: &Path) -> Result<()> {
+        let bad = |reason: &str| Err(TrainError::Config { path: origin.to_path_buf(), reason: reason.to_string() });
+        if self.model.path.is_empty() {
+            return bad("model.path is required");
+        }
+        if self.data.train.is_empty() {
+            return bad("data.train is required");
+        }
+        if self.train.batch_size == 0 || self.train.grad_accum == 0 {
+            return bad("train.batch_size and train.grad_accum must be at least 1");
+        }
+        if !(self.train.lr > 0.0) {
+            return bad("train.lr must be positive");
+        }
+        if !matches!(self.model.dtype.as_str(), "f32" | "bf16" | "f16") {
+            return bad("model.dtype must be f32, bf16 or f16");
+        }
+        self.lora.validate().map_err(|e| TrainError::Config { path: origin.to_path_buf(), reason: e.to_string() })?;
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[model]\npath = \"m\"\n[data]\ntrain = \"t.csv\"\n";
+
+    #[test]
+    fn typo_names_nearest_key() {
+        let err = RunConfig::from_toml_str(&format!("{BASE}[train]\nlerning_rate = 1.0\n"), &[], Path::new("run.toml")).unwrap_err().to_string();
+        assert!(err.contains("lerning_rate") && err.contains("did you mean"), "{err}");
+        let err = RunConfig::from_toml_str(&format!("{BASE}[train]\nbatch_sise = 4\n"), &[], Path::new("run.toml")).unwrap_err().to_string();
+        assert!(err.contains("did you mean `batch_size`"), "{err}");
+        assert!(err.contains("run.toml"), "{err}");
+    }
+
+    #[test]
+    fn overrides_apply_with_types() {
+        let cfg = RunConfig::from_toml_str(BASE, &["train.lr=0.5".into(), "lora.targets=[\"q_proj\"]".into(), "model.dtype=f32".into()], Path::new("x")).unwrap();
+        assert_eq!(cfg.train.lr, 0.5);
+        assert_eq!(cfg.lora.targets, lowrank_peft::TargetSpec::Names(vec!["q_proj".into()]));
+    }
+
+    #[test]
+    fn lora_typo_is_reported() {
+        let err = RunConfig::from_toml_str(&format!("{BASE}[lora]\nrank = 4\n"), &[], Path::new("x")).unwrap_err().to_string();
+        assert!(err.contains("rank"), "{err}");
+    }
+}
