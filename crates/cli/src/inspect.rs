@@ -83,6 +83,8 @@ fn rows_of(path: &Path) -> Result<Vec<Row>> {
 
 pub fn run(a: InspectArgs) -> Result<()> {
     let is_adapter = a.path.join("adapter_config.json").exists();
+    // The configuration first: a broken config.json is reported before any tensor is read.
+    let config = if is_adapter { None } else { Some(load_config(&a.path)?) };
     let rows = rows_of(&a.path)?;
     let total: usize = rows.iter().map(|r| r.shape.iter().product::<usize>()).sum();
     if a.all || is_adapter {
@@ -104,12 +106,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
         }
     }
     println!("total parameters: {}", thousands(total));
-    if is_adapter {
+    let Some(config) = config else {
         let cfg = std::fs::read_to_string(a.path.join("adapter_config.json"))?;
         println!("adapter_config.json:\n{cfg}");
         return Ok(());
-    }
-    let config = load_config(&a.path)?;
+    };
     println!(
         "{} ({}): hidden {}, layers {}, heads {} (kv {}), intermediate {}, vocab {}, tied embeddings {}",
         config.architecture,

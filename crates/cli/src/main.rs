@@ -58,7 +58,8 @@ fn main() {
                 msg.push_str(&format!(": {c}"));
             }
         }
-        eprintln!("lowrank: error: {msg}");
+        let one_line: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        eprintln!("lowrank: error: {}", one_line.join(" "));
         std::process::exit(1);
     }
 }

@@ -163,11 +163,14 @@ fn levenshtein(a: &str, b: &str) -> usize {
 
 /// Adds "did you mean `x`?" to serde's "unknown field `y`, expected one of ..." messages.
 fn explain(msg: &str) -> String {
+    let flat: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let msg = flat.join(" ");
+    let msg = msg.as_str();
     let Some(start) = msg.find("unknown field `") else { return msg.to_string() };
     let rest = &msg[start + 15..];
     let Some(end) = rest.find('`') else { return msg.to_string() };
     let bad = &rest[..end];
-    let candidates: Vec<&str> = rest[end..].split('`').skip(1).step_by(2).collect();
+    let candidates: Vec<&str> = rest[end..].split('`').skip(2).step_by(2).collect();
     match candidates.iter().min_by_key(|c| levenshtein(bad, c)) {
         Some(best) => format!("{} (did you mean `{best}`?)", msg.trim_end()),
         None => msg.to_string(),

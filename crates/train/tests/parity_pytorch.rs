@@ -142,3 +142,39 @@ fn lora_gradients_and_three_adamw_steps_match_pytorch() {
     }
     println!("parameters after 3 AdamW steps: max |diff| = {worst:e}");
 }
+
+/// Our adapter, as committed in tests/fixtures/tiny-llama/ours-adapter with the logits we compute
+/// with it. `python3 scripts/make_fixtures.py --check-ours tests/fixtures/tiny-llama/ours-adapter`
+/// shows that Python PEFT loads it and reproduces those logits. `LOWRANK_WRITE_FIXTURES=1`
+/// rewrites it.
+#[test]
+fn our_adapter_fixture_reproduces_its_recorded_logits() {
+    use lowrank_peft::{LoraAdapters, LoraConfig, TargetSpec};
+    let g = golden();
+    let dev = Device::Cpu;
+    let dir = fixtures().join("ours-adapter");
+    let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
+    if std::env::var("LOWRANK_WRITE_FIXTURES").is_ok() {
+        let cfg = LoraConfig { r: 4, alpha: 16.0, targets: TargetSpec::Pattern("all-linear".into()), init_seed: 11, ..Default::default() };
+        let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &dev).unwrap();
+        let mut rng = lowrank_models::generate::SplitMix64(5);
+        for module in adapters.modules.values() {
+            let n = module.b.elem_count();
+            let v: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.2).collect();
+            module.b.set(&Tensor::from_vec(v, module.b.dims(), &dev).unwrap()).unwrap();
+        }
+        lowrank_peft::save_adapter(&dir, &adapters, "tests/fixtures/tiny-llama/hf", "CAUSAL_LM").unwrap();
+        let model = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
+        let logits = model.forward(&g["input_ids"], Some(&g["attention_mask"]), false).unwrap();
+        let mut t = BTreeMap::new();
+        t.insert("logits".to_string(), logits);
+        lowrank_models::weights::write_safetensors(&dir.join("logits.safetensors"), &t, None).unwrap();
+    }
+    let loaded = load_adapter(&dir, &m.config.linear_modules(), &dev).unwrap();
+    assert_eq!(loaded.adapters.modules.len(), 14);
+    let model = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &loaded.adapters, dropout: 0.0 }, &dev).unwrap();
+    let logits = model.forward(&g["input_ids"], Some(&g["attention_mask"]), false).unwrap();
+    let recorded = read_safetensors(&dir.join("logits.safetensors"), &dev, None).unwrap();
+    let d = max_abs_diff(&logits, &recorded["logits"]);
+    assert!(d < 1e-5, "{d}");
+}

@@ -1,0 +1,84 @@
+//! Every custom op against the plain differentiable composition (values and gradients) and
+//! against central finite differences.
+use candle_core::{Device, Tensor, Var};
+use lowrank_models::ops::{cross_entropy_sum, frozen_matmul, reference_cross_entropy_sum, IGNORE_INDEX};
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let mut g = lowrank_models::generate::SplitMix64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| g.next_f64() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// Central differences of a scalar function at every element of `x`.
+fn finite_diff(x: &Tensor, h: f64, f: &dyn Fn(&Tensor) -> f64) -> Tensor {
+    let v = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let g: Vec<f64> = (0..v.len())
+        .map(|i| {
+            let mut p = v.clone();
+            p[i] += h;
+            let mut m = v.clone();
+            m[i] -= h;
+            let tp = Tensor::from_vec(p, x.shape(), &Device::Cpu).unwrap();
+            let tm = Tensor::from_vec(m, x.shape(), &Device::Cpu).unwrap();
+            (f(&tp) - f(&tm)) / (2.0 * h)
+        })
+        .collect();
+    Tensor::from_vec(g, x.shape(), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn frozen_matmul_matches_matmul_and_finite_differences() {
+    let w = rand(&[5, 4], 1);
+    let x0 = rand(&[2, 3, 4], 2);
+    let probe = rand(&[2, 3, 5], 3);
+    let x = Var::from_tensor(&x0).unwrap();
+    let y = frozen_matmul(x.as_tensor(), &w).unwrap();
+    let y_ref = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap();
+    assert!(max_diff(&y, &y_ref) < 1e-12);
+    let grads = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let gx = grads.get(x.as_tensor()).unwrap();
+    let grads_ref = (y_ref * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(max_diff(gx, grads_ref.get(x.as_tensor()).unwrap()) < 1e-12);
+    let fd = finite_diff(&x0, 1e-6, &|t| (frozen_matmul(t, &w).unwrap() * &probe).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap());
+    let d = max_diff(gx, &fd);
+    println!("frozen matmul: grad vs finite differences max |diff| = {d:e}");
+    assert!(d < 1e-6);
+    // The frozen weight gets no gradient.
+    assert!(grads.get(&w).is_none());
+}
+
+#[test]
+fn fused_cross_entropy_matches_log_softmax_gather_and_finite_differences() {
+    for smoothing in [0.0f32, 0.1] {
+        let z0 = rand(&[4, 7], 11);
+        let targets = vec![3, IGNORE_INDEX, 0, 6];
+        let z = Var::from_tensor(&z0).unwrap();
+        let fused = cross_entropy_sum(z.as_tensor(), &targets, smoothing).unwrap();
+        let plain = reference_cross_entropy_sum(z.as_tensor(), &targets, smoothing).unwrap();
+        let (a, b) = (fused.to_scalar::<f64>().unwrap(), plain.to_scalar::<f64>().unwrap());
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        let g_fused = fused.affine(0.5, 0.0).unwrap().backward().unwrap();
+        let g_plain = plain.affine(0.5, 0.0).unwrap().backward().unwrap();
+        let (gf, gp) = (g_fused.get(z.as_tensor()).unwrap(), g_plain.get(z.as_tensor()).unwrap());
+        assert!(max_diff(gf, gp) < 1e-6, "smoothing {smoothing}");
+        // The fused op computes in f32: a larger step keeps rounding out of the difference.
+        let fd = finite_diff(&z0, 1e-2, &|t| 0.5 * cross_entropy_sum(t, &targets, smoothing).unwrap().to_scalar::<f64>().unwrap());
+        let d = max_diff(gf, &fd);
+        println!("fused cross-entropy (eps {smoothing}): grad vs finite differences max |diff| = {d:e}");
+        assert!(d < 5e-4);
+        // The ignored row gets exactly zero gradient.
+        assert_eq!(gf.get(1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap(), 0.0);
+    }
+}
+
+#[test]
+fn cross_entropy_rejects_out_of_range_targets() {
+    let z = rand(&[2, 3], 5).to_dtype(candle_core::DType::F32).unwrap();
+    let err = cross_entropy_sum(&z, &[1, 3], 0.0).unwrap_err().to_string();
+    assert!(err.contains("outside the vocabulary"), "{err}");
+}

@@ -1,0 +1,140 @@
+//! Shared invariants of LoRA on the tiny Llama: a no-op at init, merged ≈ unmerged, dropout only
+//! in training, save → load → save byte-identical, shapes checked on load.
+use candle_core::{DType, Device, Tensor};
+use lowrank_models::weights::{read_safetensors, write_safetensors};
+use lowrank_models::{load_model, Llama, LoadedModel, PlainSite};
+use lowrank_peft::{load_adapter, save_adapter, LoraAdapters, LoraConfig, LoraSite, TargetSpec};
+use std::path::PathBuf;
+
+fn fx() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama")
+}
+
+fn tiny() -> LoadedModel {
+    load_model(&fx().join("hf"), &Device::Cpu, DType::F32).unwrap()
+}
+
+fn ids() -> Tensor {
+    Tensor::new(&[[5u32, 60, 61, 62, 100, 7], [9, 10, 11, 300, 2, 1]], &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn all_linear(r: usize) -> LoraConfig {
+    LoraConfig { r, alpha: 2.0 * r as f64, targets: TargetSpec::Pattern("all-linear".into()), init_seed: 3, ..Default::default() }
+}
+
+/// Gives B random values so the adapter is not a no-op.
+fn perturb(adapters: &LoraAdapters) {
+    for (i, m) in adapters.modules.values().enumerate() {
+        let noise = (Tensor::randn(0f32, 0.1, m.b.dims(), &Device::Cpu).unwrap() * (1.0 + i as f64 * 0.01)).unwrap();
+        m.b.set(&noise).unwrap();
+    }
+}
+
+#[test]
+fn lora_is_an_exact_no_op_at_init() {
+    let m = tiny();
+    let base = Llama::new(&m.config, &m.weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
+    let adapters = LoraAdapters::init(&all_linear(4), &m.config.linear_modules(), &Device::Cpu).unwrap();
+    let lora = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &Device::Cpu).unwrap();
+    let out = lora.forward(&ids(), None, false).unwrap();
+    assert_eq!(max_diff(&base, &out), 0.0);
+    // A is initialised (kaiming-uniform bound 1/sqrt(d_in)), B is zero.
+    let q = &adapters.modules["model.layers.0.self_attn.q_proj"];
+    let a_max = q.a.as_tensor().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(a_max > 0.0 && a_max <= 1.0 / 8.0, "{a_max}");
+    assert_eq!(q.b.as_tensor().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+}
+
+#[test]
+fn merged_equals_unmerged_and_unmerge_restores() {
+    let mut m = tiny();
+    let adapters = LoraAdapters::init(&all_linear(4), &m.config.linear_modules(), &Device::Cpu).unwrap();
+    perturb(&adapters);
+    let unmerged = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
+    let original = m.weights.get_any("model.layers.1.mlp.down_proj.weight").unwrap();
+    adapters.merge_into(&mut m.weights).unwrap();
+    let merged = Llama::new(&m.config, &m.weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
+    let d = max_diff(&merged, &unmerged);
+    println!("merged vs unmerged: max |diff| = {d:e}");
+    assert!(d < 1e-4, "{d}");
+    assert!(max_diff(&merged, &Llama::new(&m.config, &tiny().weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap()) > 1e-3);
+    adapters.unmerge_from(&mut m.weights).unwrap();
+    assert!(max_diff(&m.weights.get_any("model.layers.1.mlp.down_proj.weight").unwrap(), &original) < 1e-6);
+}
+
+#[test]
+fn dropout_only_in_training() {
+    let m = tiny();
+    let cfg = LoraConfig { dropout: 0.5, ..all_linear(4) };
+    let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &Device::Cpu).unwrap();
+    perturb(&adapters);
+    let model = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &adapters, dropout: 0.5 }, &Device::Cpu).unwrap();
+    let eval1 = model.forward(&ids(), None, false).unwrap();
+    let eval2 = model.forward(&ids(), None, false).unwrap();
+    assert_eq!(max_diff(&eval1, &eval2), 0.0);
+    adapters.dropout_rng.reseed(1);
+    let train = model.forward(&ids(), None, true).unwrap();
+    assert!(max_diff(&eval1, &train) > 1e-4);
+    adapters.dropout_rng.reseed(1);
+    assert_eq!(max_diff(&train, &model.forward(&ids(), None, true).unwrap()), 0.0, "same seed, same masks");
+}
+
+#[test]
+fn save_load_save_is_byte_identical() {
+    let m = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LoraConfig { rank_pattern: [("down_proj".to_string(), 2usize)].into(), alpha_pattern: [("o_proj".to_string(), 3.0)].into(), ..all_linear(4) };
+    let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &Device::Cpu).unwrap();
+    perturb(&adapters);
+    assert_eq!(adapters.modules["model.layers.0.mlp.down_proj"].r, 2);
+    assert_eq!(adapters.modules["model.layers.0.self_attn.o_proj"].scale, 3.0 / 4.0);
+    save_adapter(&dir.path().join("a"), &adapters, "tiny", "CAUSAL_LM").unwrap();
+    let loaded = load_adapter(&dir.path().join("a"), &m.config.linear_modules(), &Device::Cpu).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    for (p, module) in &adapters.modules {
+        let l = &loaded.adapters.modules[p];
+        assert_eq!((l.r, l.scale), (module.r, module.scale), "{p}");
+    }
+    save_adapter(&dir.path().join("b"), &loaded.adapters, "tiny", "CAUSAL_LM").unwrap();
+    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+        let a = std::fs::read(dir.path().join("a").join(f)).unwrap();
+        let b = std::fs::read(dir.path().join("b").join(f)).unwrap();
+        assert!(a == b, "{f} differs after a round trip");
+    }
+    let keys: Vec<String> = read_safetensors(&dir.path().join("a/adapter_model.safetensors"), &Device::Cpu, None).unwrap().into_keys().collect();
+    assert!(keys.contains(&"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string()));
+}
+
+#[test]
+fn adapter_with_wrong_shapes_names_key_and_shapes() {
+    let m = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fx().join("peft-adapter/adapter_config.json"), dir.path().join("adapter_config.json")).unwrap();
+    let mut t = read_safetensors(&fx().join("peft-adapter/adapter_model.safetensors"), &Device::Cpu, None).unwrap();
+    let key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight".to_string();
+    t.insert(key.clone(), Tensor::zeros((48, 4), DType::F32, &Device::Cpu).unwrap());
+    write_safetensors(&dir.path().join("adapter_model.safetensors"), &t, None).unwrap();
+    let err = load_adapter(dir.path(), &m.config.linear_modules(), &Device::Cpu).err().expect("wrong shape must fail").to_string();
+    assert!(err.contains(&key) && err.contains("[48, 4]") && err.contains("[32, 4]"), "{err}");
+}
+
+#[test]
+fn target_that_matches_nothing_lists_modules() {
+    let m = tiny();
+    let cfg = LoraConfig { targets: TargetSpec::Names(vec!["c_attn".into()]), ..Default::default() };
+    let err = LoraAdapters::init(&cfg, &m.config.linear_modules(), &Device::Cpu).err().expect("must fail").to_string();
+    assert!(err.contains("c_attn") && err.contains("q_proj") && err.contains("down_proj"), "{err}");
+}
+
+#[test]
+fn trainable_count_is_r_times_din_plus_dout() {
+    let m = tiny();
+    let cfg = LoraConfig { r: 8, ..Default::default() };
+    let a = LoraAdapters::init(&cfg, &m.config.linear_modules(), &Device::Cpu).unwrap();
+    // 2 layers × (q: 8·(64+64) + v: 8·(64+32))
+    assert_eq!(a.trainable_parameters(), 2 * (8 * 128 + 8 * 96));
+}
