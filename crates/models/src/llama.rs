@@ -3,7 +3,10 @@
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::Result;
 use crate::linear_site::{BaseLinear, LinearLayer, LinearSite};
-use crate::ops::{frozen_matmul, norms};
+use crate::ops::rms_norm::rms_norm;
+use crate::ops::rope::rope;
+use crate::ops::swiglu::swiglu;
+use crate::ops::{frozen_matmul, masked_softmax, AttentionMask};
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor, D};
 use std::sync::Arc;
@@ -151,30 +154,6 @@ impl Llama {
         &self.lm_head
     }
 
-    /// Additive attention mask `(b, 1, 1, t_q, t_k)`: causal with `offset` cached positions, plus
-    /// key padding from `attention_mask: (b, t_k)` (1 = token, 0 = padding).
-    fn mask(&self, b: usize, t_q: usize, offset: usize, attention_mask: Option<&Tensor>) -> Result<Tensor> {
-        let t_k = t_q + offset;
-        let keep: Option<Vec<Vec<u32>>> = match attention_mask {
-            Some(m) => Some(m.to_dtype(DType::U32)?.to_vec2::<u32>()?),
-            None => None,
-        };
-        let neg = f32::MIN;
-        let mut data = vec![0f32; b * t_q * t_k];
-        for bi in 0..b {
-            for i in 0..t_q {
-                for j in 0..t_k {
-                    let causal_ok = j <= i + offset;
-                    let pad_ok = keep.as_ref().map(|k| k[bi].get(j).copied().unwrap_or(1) != 0).unwrap_or(true);
-                    if !(causal_ok && pad_ok) {
-                        data[(bi * t_q + i) * t_k + j] = neg;
-                    }
-                }
-            }
-        }
-        Ok(Tensor::from_vec(data, (b, 1, 1, t_q, t_k), self.device())?.to_dtype(self.dtype())?)
-    }
-
     /// Hidden states after the final norm: `input_ids: (b, t)` → `(b, t, hidden)`.
     /// `attention_mask: (b, t)` marks padding; positions start at 0 for every row.
     pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
@@ -204,11 +183,17 @@ impl Llama {
         }
         let ids = input_ids.flatten_all()?.to_dtype(DType::U32)?;
         let mut h = self.embed_tokens.index_select(&ids, 0)?.reshape((b, t, cfg.hidden_size))?;
-        let mask = self.mask(b, t, offset, attention_mask)?;
+        let key_keep = match attention_mask {
+            Some(m) => Some(std::sync::Arc::new(
+                m.to_dtype(DType::U32)?.to_vec2::<u32>()?.into_iter().map(|r| r.into_iter().map(|v| u8::from(v != 0)).collect()).collect(),
+            )),
+            None => None,
+        };
+        let mask = AttentionMask { t_q: t, offset, key_keep };
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            let x = norms::rms_norm(&h, &layer.input_layernorm, cfg.rms_norm_eps)?;
+            let x = rms_norm(&h, &layer.input_layernorm, cfg.rms_norm_eps)?;
             let layer_cache = cache.as_mut().map(|c| {
                 if c.layers.len() < self.layers.len() {
                     c.layers.resize(self.layers.len(), None);
@@ -217,13 +202,13 @@ impl Llama {
             });
             let a = self.attention(&layer.self_attn, &x, &mask, &cos, &sin, train, layer_cache)?;
             h = (h + a)?;
-            let x = norms::rms_norm(&h, &layer.post_attention_layernorm, cfg.rms_norm_eps)?;
+            let x = rms_norm(&h, &layer.post_attention_layernorm, cfg.rms_norm_eps)?;
             let gate = layer.mlp.gate_proj.forward_t(&x, train)?;
             let up = layer.mlp.up_proj.forward_t(&x, train)?;
-            let m = layer.mlp.down_proj.forward_t(&(gate.silu()? * up)?, train)?;
+            let m = layer.mlp.down_proj.forward_t(&swiglu(&gate, &up)?, train)?;
             h = (h + m)?;
         }
-        Ok(norms::rms_norm(&h, &self.norm, cfg.rms_norm_eps)?)
+        Ok(rms_norm(&h, &self.norm, cfg.rms_norm_eps)?)
     }
 
     /// Grouped-query attention without repeating K/V: the `g = heads / kv_heads` query heads of
@@ -233,7 +218,7 @@ impl Llama {
         &self,
         attn: &Attention,
         x: &Tensor,
-        mask: &Tensor,
+        mask: &AttentionMask,
         cos: &Tensor,
         sin: &Tensor,
         train: bool,
@@ -246,8 +231,8 @@ impl Llama {
         let q = attn.q_proj.forward_t(x, train)?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
         let k = attn.k_proj.forward_t(x, train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
         let v = attn.v_proj.forward_t(x, train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = norms::apply_rotary(&q, cos, sin)?;
-        let mut k = norms::apply_rotary(&k, cos, sin)?;
+        let q = rope(&q, cos, sin)?;
+        let mut k = rope(&k, cos, sin)?;
         let mut v = v;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -256,13 +241,11 @@ impl Llama {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let t_k = k.dim(2)?;
         // (b, h, t, hd) -> (b, kvh, g·t, hd): head i uses kv head i / g, as HF's repeat_kv.
         let q = q.reshape((b, kvh, g * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, kvh, g, t, t_k))?;
-        let scores = scores.broadcast_add(mask)?;
-        let probs = norms::softmax_last(&scores)?.reshape((b, kvh, g * t, t_k))?;
+        let scores = q.matmul(&k.t()?)?; // (b, kvh, g·t, t_k)
+        let probs = masked_softmax(&scores, mask, scale)?;
         let ctx = probs.matmul(&v.contiguous()?)?; // (b, kvh, g·t, hd)
         let ctx = ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
         Ok(attn.o_proj.forward_t(&ctx, train)?)

@@ -82,3 +82,64 @@ fn cross_entropy_rejects_out_of_range_targets() {
     let err = cross_entropy_sum(&z, &[1, 3], 0.0).unwrap_err().to_string();
     assert!(err.contains("outside the vocabulary"), "{err}");
 }
+
+/// Values and gradients (w.r.t. `x`, through a random probe) of `fused` vs `plain`, in f32.
+fn compare_f32(name: &str, x0: &Tensor, fused: &dyn Fn(&Tensor) -> Tensor, plain: &dyn Fn(&Tensor) -> Tensor) {
+    let x0 = x0.to_dtype(candle_core::DType::F32).unwrap();
+    let x = Var::from_tensor(&x0).unwrap();
+    let (yf, yp) = (fused(x.as_tensor()), plain(x.as_tensor()));
+    let probe = rand(yf.dims(), 99).to_dtype(candle_core::DType::F32).unwrap();
+    let dv = (&yf - &yp).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let gf = (yf * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let gp = (yp * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let dg = (gf.get(x.as_tensor()).unwrap() - gp.get(x.as_tensor()).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    println!("{name}: values max |diff| {dv:e}, gradients max |diff| {dg:e}");
+    assert!(dv < 1e-5 && dg < 1e-5, "{name}: {dv} {dg}");
+}
+
+#[test]
+fn fused_rms_norm_matches_composition() {
+    let w = (rand(&[8], 4) + 1.0).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    let x = rand(&[2, 3, 8], 5);
+    compare_f32("rms_norm", &x, &|t| lowrank_models::ops::rms_norm::rms_norm(t, &w, 1e-5).unwrap(), &|t| lowrank_models::ops::norms::rms_norm(t, &w, 1e-5).unwrap());
+}
+
+#[test]
+fn fused_swiglu_matches_composition() {
+    let up = rand(&[2, 3, 16], 6).to_dtype(candle_core::DType::F32).unwrap();
+    let x = (rand(&[2, 3, 16], 7) * 4.0).unwrap();
+    compare_f32("swiglu(gate)", &x, &|t| lowrank_models::ops::swiglu::swiglu(t, &up).unwrap(), &|t| (t.silu().unwrap() * &up).unwrap());
+    let gate = x.to_dtype(candle_core::DType::F32).unwrap();
+    compare_f32("swiglu(up)", &up, &|t| lowrank_models::ops::swiglu::swiglu(&gate, t).unwrap(), &|t| (gate.silu().unwrap() * t).unwrap());
+}
+
+#[test]
+fn fused_rope_matches_composition() {
+    let (t, d) = (5, 8);
+    let pos = Tensor::arange(0f32, t as f32, &Device::Cpu).unwrap().reshape((t, 1)).unwrap();
+    let inv = Tensor::new(&[1f32, 0.1, 0.01, 0.001], &Device::Cpu).unwrap().reshape((1, d / 2)).unwrap();
+    let f = pos.broadcast_mul(&inv).unwrap();
+    let f = Tensor::cat(&[&f, &f], 1).unwrap();
+    let (cos, sin) = (f.cos().unwrap(), f.sin().unwrap());
+    let x = rand(&[2, 3, t, d], 8);
+    compare_f32("rope", &x, &|v| lowrank_models::ops::rope::rope(v, &cos, &sin).unwrap(), &|v| lowrank_models::ops::norms::apply_rotary(v, &cos, &sin).unwrap());
+}
+
+#[test]
+fn fused_masked_softmax_matches_composition() {
+    use lowrank_models::ops::masked_softmax::{masked_softmax, AttentionMask};
+    let keep = std::sync::Arc::new(vec![vec![1u8, 1, 1, 1], vec![1, 1, 0, 0]]);
+    let mask = AttentionMask { t_q: 4, offset: 0, key_keep: Some(keep) };
+    // (b=2, kv heads=3, g·t = 2·4, t_k = 4)
+    let x = (rand(&[2, 3, 8, 4], 9) * 3.0).unwrap();
+    compare_f32(
+        "masked softmax",
+        &x,
+        &|v| masked_softmax(v, &mask, 0.5).unwrap(),
+        &|v| {
+            let add = mask.additive(2, 4, &Device::Cpu).unwrap();
+            let s = (v * 0.5).unwrap().reshape((2, 3, 2, 4, 4)).unwrap().broadcast_add(&add).unwrap();
+            lowrank_models::ops::norms::softmax_last(&s).unwrap().reshape((2, 3, 8, 4)).unwrap()
+        },
+    );
+}

@@ -1,8 +1,15 @@
 //! Tensor operations with explicit backward passes, and the differentiable compositions used on
-//! the gradient path (candle's fused softmax/rms_norm/rope have no backward).
+//! the gradient path (candle's fused softmax/rms_norm/rope have no backward). Each fused op is
+//! tested against its composition (values and gradients) in tests/ops_gradients.rs.
+mod cpu_util;
 pub mod cross_entropy;
 pub mod frozen_linear;
+pub mod masked_softmax;
 pub mod norms;
+pub mod rms_norm;
+pub mod rope;
+pub mod swiglu;
 
 pub use cross_entropy::{cross_entropy_sum, reference_cross_entropy_sum, IGNORE_INDEX};
 pub use frozen_linear::frozen_matmul;
+pub use masked_softmax::{masked_softmax, AttentionMask};

@@ -1,0 +1,124 @@
+//! Fused `softmax(scale · s + mask)` for attention scores, with an explicit backward.
+//! `scores: (b, x, r, t_k)` where row `r` is query position `r mod t_q` (grouped-query heads are
+//! stacked along `r`); the mask is causal (`key ≤ query + offset`) and drops padded keys of each
+//! batch row. Backward: `ds = scale · p ⊙ (dp − Σ dp ⊙ p)`, from the saved probabilities only.
+use super::cpu_util::{f32_slice, fused_ok, msg};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Which keys each query may see.
+#[derive(Clone, Debug)]
+pub struct AttentionMask {
+    pub t_q: usize,
+    /// Cached positions before the first query.
+    pub offset: usize,
+    /// Per batch row, per key: 1 = token, 0 = padding. None: no padding.
+    pub key_keep: Option<Arc<Vec<Vec<u8>>>>,
+}
+
+impl AttentionMask {
+    fn allowed(&self, b: usize, q: usize, k: usize) -> bool {
+        k <= q + self.offset && self.key_keep.as_ref().map(|kk| kk[b].get(k).copied().unwrap_or(1) != 0).unwrap_or(true)
+    }
+
+    /// The same mask as an additive tensor `(b, 1, 1, t_q, t_k)` (0 or the f32 minimum), for the
+    /// composition path.
+    pub fn additive(&self, b: usize, t_k: usize, device: &candle_core::Device) -> candle_core::Result<Tensor> {
+        let mut data = vec![0f32; b * self.t_q * t_k];
+        for bi in 0..b {
+            for i in 0..self.t_q {
+                for j in 0..t_k {
+                    if !self.allowed(bi, i, j) {
+                        data[(bi * self.t_q + i) * t_k + j] = f32::MIN;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(data, (b, 1, 1, self.t_q, t_k), device)
+    }
+}
+
+struct MaskedSoftmax {
+    mask: AttentionMask,
+    scale: f32,
+}
+
+struct MaskedSoftmaxGrad {
+    scale: f32,
+}
+
+impl CustomOp1 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "masked-softmax")?;
+        let dims = l.dims();
+        if dims.len() != 4 {
+            return Err(msg(format!("masked-softmax: expected (b, x, r, t_k), got {dims:?}")));
+        }
+        let (xh, r, tk) = (dims[1], dims[2], dims[3]);
+        let t_q = self.mask.t_q.max(1);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(tk).zip(x.par_chunks(tk)).enumerate().for_each(|(row, (yr, xr))| {
+            let b = row / (xh * r);
+            let q = (row % r) % t_q;
+            let mut max = f32::NEG_INFINITY;
+            for k in 0..tk {
+                if self.mask.allowed(b, q, k) {
+                    max = max.max(xr[k] * self.scale);
+                }
+            }
+            if max == f32::NEG_INFINITY {
+                // No visible key: uniform, as an all-minimum additive mask gives.
+                yr.iter_mut().for_each(|v| *v = 1.0 / tk as f32);
+                return;
+            }
+            let mut sum = 0f32;
+            for k in 0..tk {
+                let e = if self.mask.allowed(b, q, k) { (xr[k] * self.scale - max).exp() } else { 0.0 };
+                yr[k] = e;
+                sum += e;
+            }
+            let inv = 1.0 / sum;
+            yr.iter_mut().for_each(|v| *v *= inv);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &MaskedSoftmaxGrad { scale: self.scale })?))
+    }
+}
+
+impl CustomOp2 for MaskedSoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "masked-softmax-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = f32_slice(s1, l1, "masked-softmax-grad")?;
+        let g = f32_slice(s2, l2, "masked-softmax-grad")?;
+        let tk = l1.dims().last().copied().ok_or_else(|| msg("masked-softmax-grad on a scalar"))?;
+        let mut out = vec![0f32; p.len()];
+        out.par_chunks_mut(tk).zip(p.par_chunks(tk).zip(g.par_chunks(tk))).for_each(|(o, (pr, gr))| {
+            let dot: f32 = pr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for k in 0..tk {
+                o[k] = self.scale * pr[k] * (gr[k] - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `softmax(scale · scores + mask)` over the last dimension: fused on CPU f32, otherwise the
+/// differentiable composition. `scores: (b, x, r, t_k)`, rows `r` cycling over `t_q` positions.
+pub fn masked_softmax(scores: &Tensor, mask: &AttentionMask, scale: f64) -> candle_core::Result<Tensor> {
+    if fused_ok(scores) {
+        return scores.contiguous()?.apply_op1(MaskedSoftmax { mask: mask.clone(), scale: scale as f32 });
+    }
+    let (b, x, r, tk) = scores.dims4()?;
+    let g = r / mask.t_q.max(1);
+    let add = mask.additive(b, tk, scores.device())?.to_dtype(scores.dtype())?;
+    let s = (scores * scale)?.reshape((b, x, g, mask.t_q, tk))?.broadcast_add(&add)?;
+    super::norms::softmax_last(&s)?.reshape((b, x, r, tk))
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""The PyTorch + PEFT baseline for `lowrank bench train`: the same LoRA step (random tokens,
+labels = inputs, AdamW) on the same model, printed as one JSON line with the same fields.
+
+    python3 scripts/bench_pytorch.py --model ~/.cache/lowrank/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --batch 8 --seq 128 --rank 8 --targets q_proj,v_proj --steps 5 --threads 2
+
+Needs: pip install -r scripts/requirements-fixtures.txt (torch, transformers, peft, gguf).
+"""
+import argparse, json, os, resource, statistics, time
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True, help="HF folder or .gguf file")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--targets", default="q_proj,v_proj")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    from peft import LoraConfig, get_peft_model
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    path = os.path.expanduser(a.model)
+    if path.endswith(".gguf"):
+        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), torch_dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
+    model = get_peft_model(model, LoraConfig(r=a.rank, lora_alpha=2 * a.rank, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM"))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
+    ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq))
+    times, first_loss = [], None
+    for i in range(a.steps + 1):
+        t = time.perf_counter()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if first_loss is None:
+            first_loss = out.loss.item()
+        if i > 0:
+            times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(json.dumps({
+        "bench": "train", "impl": f"pytorch {torch.__version__} + peft", "model": a.model,
+        "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets, "dtype": "f32",
+        "threads": a.threads, "steps": a.steps,
+        "tokens_per_s": a.batch * a.seq / med, "step_ms": med * 1000,
+        "step_ms_min": min(times) * 1000, "step_ms_max": max(times) * 1000,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "trainable_params": trainable, "first_loss": first_loss,
+    }))
+
+
+if __name__ == "__main__":
+    main()
