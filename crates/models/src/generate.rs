@@ -1,6 +1,7 @@
 //! Autoregressive decoding with a KV cache: greedy and sampling (temperature, top-k, top-p).
 use crate::error::Result;
-use crate::llama::{KvCache, Llama};
+use crate::causal_lm::CausalLm;
+use crate::llama::KvCache;
 use candle_core::{DType, Tensor};
 
 /// How the next token is chosen.
@@ -91,7 +92,7 @@ pub fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut SplitMix64) ->
 
 /// Generates continuations of `prompts` (each a list of ids), batched with left padding.
 /// Returns only the new ids of each row (stop id excluded).
-pub fn generate(model: &Llama, prompts: &[Vec<u32>], p: &SamplingParams, pad_id: u32) -> Result<Vec<Vec<u32>>> {
+pub fn generate(model: &dyn CausalLm, prompts: &[Vec<u32>], p: &SamplingParams, pad_id: u32) -> Result<Vec<Vec<u32>>> {
     let b = prompts.len();
     if b == 0 {
         return Ok(vec![]);
@@ -112,8 +113,7 @@ pub fn generate(model: &Llama, prompts: &[Vec<u32>], p: &SamplingParams, pad_id:
     let mut input = Tensor::from_vec(ids, (b, max_len), dev)?;
     for _ in 0..p.max_new_tokens {
         let mask_t = Tensor::from_vec(mask.clone(), (b, mask.len() / b), dev)?;
-        let h = model.forward_cached(&input, Some(&mask_t), &mut cache)?;
-        let logits = model.last_logits(&h)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let logits = model.next_logits(&input, Some(&mask_t), &mut cache)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let mut next = Vec::with_capacity(b);
         for (row, l) in logits.iter().enumerate() {
             let tok = if done[row] { pad_id } else { sample_token(l, p, &mut rng) };

@@ -1,5 +1,6 @@
 //! Training-first transformer models for lowrank: the Llama family (Llama, SmolLM2, Qwen2),
 //! loaded from Hugging Face folders or GGUF files, with the linear-layer seam adapters attach to.
+pub mod causal_lm;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -11,6 +12,7 @@ pub mod ops;
 pub mod tokenizer;
 pub mod weights;
 
+pub use causal_lm::CausalLm;
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
 pub use linear_site::{BaseLinear, LinearLayer, LinearSite, PlainSite};

@@ -236,7 +236,8 @@ impl LinearLayer for LoraLinear {
         }
         let a = self.module.a.as_tensor().to_dtype(x.dtype())?;
         let b = self.module.b.as_tensor().to_dtype(x.dtype())?;
-        let delta = (xa.matmul(&a.t()?)?.matmul(&b.t()?)? * self.module.scale)?;
+        // The scale is applied on the small (rows, r) product, not on (rows, d_out).
+        let delta = (xa.matmul(&a.t()?)? * self.module.scale)?.matmul(&b.t()?)?;
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.module.d_out();

@@ -7,7 +7,7 @@ use crate::data::{collate, epoch_batches, Batch, Example};
 use crate::error::{Result, TrainError};
 use crate::optim::{accumulate, clip_grad_norm, collect_grads, learning_rate, AdamW, AdamWParams};
 use candle_core::{Device, Tensor};
-use lowrank_models::Llama;
+use lowrank_models::CausalLm;
 use lowrank_peft::LoraAdapters;
 use serde::Serialize;
 use std::io::Write;
@@ -56,7 +56,7 @@ pub struct TrainSummary {
 
 /// Everything the loop works on.
 pub struct Trainer<'a> {
-    pub model: &'a Llama,
+    pub model: &'a dyn CausalLm,
     pub adapters: &'a LoraAdapters,
     pub train: &'a [Example],
     pub valid: &'a [Example],
