@@ -1,5 +1,6 @@
 //! Training-first transformer models for lowrank: the Llama family (Llama, SmolLM2, Qwen2),
 //! loaded from Hugging Face folders or GGUF files, with the linear-layer seam adapters attach to.
+pub mod beam;
 pub mod causal_lm;
 pub mod config;
 pub mod error;
