@@ -50,11 +50,22 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let mut opt = AdamW::new(vars.clone(), AdamWParams { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
     let mut times = Vec::new();
     let mut losses = Vec::new();
+    let debug_mem = std::env::var("LOWRANK_DEBUG_MEM").is_ok();
+    let rss = || std::fs::read_to_string("/proc/self/status").ok().and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(String::from)).unwrap_or_default();
+    if debug_mem {
+        eprintln!("after load: {} (peak {:.0} MiB)", rss(), peak_rss_mib());
+    }
     for i in 0..=a.steps {
         let t = Instant::now();
         let (sum, n) = model.loss_sum(&input, None, &labels, 0.0, true)?;
         let loss = (sum / n as f64)?;
+        if debug_mem {
+            eprintln!("after forward: {} (peak {:.0} MiB)", rss(), peak_rss_mib());
+        }
         let store = loss.backward()?;
+        if debug_mem {
+            eprintln!("after backward: {} (peak {:.0} MiB)", rss(), peak_rss_mib());
+        }
         let grads = collect_grads(&vars, &store);
         opt.step(&grads, 1e-4)?;
         losses.push(loss.to_scalar::<f32>()?);
