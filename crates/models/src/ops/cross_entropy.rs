@@ -16,6 +16,8 @@ pub const IGNORE_INDEX: i64 = -100;
 pub struct FusedCrossEntropy {
     pub targets: std::sync::Arc<Vec<i64>>,
     pub label_smoothing: f32,
+    /// Per-row log-sum-exp saved by the forward for the backward (one exp per logit saved).
+    lse: std::sync::Arc<std::sync::Mutex<Vec<f32>>>,
 }
 
 fn row_lse(z: &[f32]) -> (f32, f32) {
@@ -72,24 +74,30 @@ impl CustomOp1 for FusedCrossEntropy {
         self.check(rows)?;
         let z = logits_f32(storage, layout)?;
         let eps = self.label_smoothing;
-        let losses: Vec<candle_core::Result<f64>> = z
+        let losses: Vec<candle_core::Result<(f64, f32)>> = z
             .par_chunks(vocab)
             .zip(self.targets.par_iter())
             .map(|(row, &t)| {
-                let Some(t) = self.valid_target(t, vocab)? else { return Ok(0.0) };
+                let Some(t) = self.valid_target(t, vocab)? else { return Ok((0.0, 0.0)) };
                 let (_, lse) = row_lse(row);
                 let nll = lse - row[t];
                 if eps > 0.0 {
                     let mean: f32 = row.iter().sum::<f32>() / vocab as f32;
-                    Ok(((1.0 - eps) * nll + eps * (lse - mean)) as f64)
+                    Ok((((1.0 - eps) * nll + eps * (lse - mean)) as f64, lse))
                 } else {
-                    Ok(nll as f64)
+                    Ok((nll as f64, lse))
                 }
             })
             .collect();
         let mut total = 0f64;
+        let mut lses = Vec::with_capacity(rows);
         for l in losses {
-            total += l?;
+            let (loss, lse) = l?;
+            total += loss;
+            lses.push(lse);
+        }
+        if let Ok(mut saved) = self.lse.lock() {
+            *saved = lses;
         }
         let out = match storage.dtype() {
             DType::F64 => CpuStorage::F64(vec![total]),
@@ -122,12 +130,14 @@ impl CustomOp1 for CrossEntropyGrad {
         let mut z = logits_f32(storage, layout)?;
         let eps = self.loss.label_smoothing;
         let scale = self.scale;
-        z.par_chunks_mut(vocab).zip(self.loss.targets.par_iter()).try_for_each(|(row, &t)| {
+        let saved: Vec<f32> = self.loss.lse.lock().map(|v| v.clone()).unwrap_or_default();
+        let have_saved = saved.len() == rows;
+        z.par_chunks_mut(vocab).zip(self.loss.targets.par_iter()).enumerate().try_for_each(|(i, (row, &t))| {
             let Some(t) = self.loss.valid_target(t, vocab)? else {
                 row.iter_mut().for_each(|v| *v = 0.0);
                 return Ok(());
             };
-            let (_, lse) = row_lse(row);
+            let lse = if have_saved { saved[i] } else { row_lse(row).1 };
             let smooth = eps / vocab as f32;
             for v in row.iter_mut() {
                 *v = ((*v - lse).exp() - smooth) * scale;
@@ -147,7 +157,7 @@ impl CustomOp1 for CrossEntropyGrad {
 
 /// Sum of token cross-entropies: `logits: (n, vocab)`, `targets: n` (`IGNORE_INDEX` skipped) → `()`.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &[i64], label_smoothing: f32) -> candle_core::Result<Tensor> {
-    let op = FusedCrossEntropy { targets: std::sync::Arc::new(targets.to_vec()), label_smoothing };
+    let op = FusedCrossEntropy { targets: std::sync::Arc::new(targets.to_vec()), label_smoothing, lse: Default::default() };
     if logits.device().is_cpu() {
         logits.contiguous()?.apply_op1(op)
     } else {

@@ -11,10 +11,8 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 struct SwiGlu;
-/// `which = 0`: gradient of gate; `1`: gradient of up.
-struct SwiGluGrad {
-    which: u8,
-}
+/// Both gradients in one pass: output `(2, ...)` = `[d gate; d up]`.
+struct SwiGluGrad;
 
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
@@ -32,9 +30,8 @@ impl CustomOp2 for SwiGlu {
     }
     fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
-        let dg = gate.apply_op3_no_bwd(up, &g, &SwiGluGrad { which: 0 })?;
-        let du = gate.apply_op3_no_bwd(up, &g, &SwiGluGrad { which: 1 })?;
-        Ok((Some(dg), Some(du)))
+        let both = gate.apply_op3_no_bwd(up, &g, &SwiGluGrad)?;
+        Ok((Some(both.get(0)?), Some(both.get(1)?)))
     }
 }
 
@@ -44,17 +41,21 @@ impl CustomOp3 for SwiGluGrad {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (a, b, g) = (f32_slice(s1, l1, "swiglu-grad")?, f32_slice(s2, l2, "swiglu-grad")?, f32_slice(s3, l3, "swiglu-grad")?);
-        let mut out = vec![0f32; a.len()];
-        let which = self.which;
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        let n = a.len();
+        let mut out = vec![0f32; 2 * n];
+        let (dg, du) = out.split_at_mut(n);
+        dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (og, ou))| {
             let base = c * CHUNK;
-            for i in 0..o.len() {
+            for i in 0..og.len() {
                 let (x, u, gv) = (a[base + i], b[base + i], g[base + i]);
                 let s = sigmoid(x);
-                o[i] = if which == 0 { gv * u * s * (1.0 + x * (1.0 - s)) } else { gv * x * s };
+                og[i] = gv * u * s * (1.0 + x * (1.0 - s));
+                ou[i] = gv * x * s;
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let mut dims = vec![2];
+        dims.extend_from_slice(l1.dims());
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 
