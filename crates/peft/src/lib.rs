@@ -2,6 +2,7 @@
 //! and the Hugging Face PEFT adapter format.
 pub mod error;
 pub mod lora;
+pub mod lora_op;
 pub mod peft_format;
 pub mod targets;
 

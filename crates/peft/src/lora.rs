@@ -132,6 +132,11 @@ impl DropoutRng {
             *g = SplitMix64(seed);
         }
     }
+    /// The mask a fresh generator draws (for tests that rebuild the same mask).
+    pub fn mask_for_test(&self, n: usize, p: f64) -> Vec<f32> {
+        self.mask(n, p)
+    }
+
     /// Inverted-dropout mask of `n` values: 0 or `1/(1-p)`.
     fn mask(&self, n: usize, p: f64) -> Vec<f32> {
         let keep = 1.0 / (1.0 - p) as f32;
@@ -225,20 +230,43 @@ pub struct LoraLinear {
 impl LinearLayer for LoraLinear {
     /// `x: (b, t, d_in) -> (b, t, d_out)`.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = self.base.forward_t(x, train)?;
-        let dims = x.dims().to_vec();
+        let d_in = self.module.d_in();
+        let rows = x.elem_count() / d_in;
+        let mask = if train && self.dropout > 0.0 {
+            Some(Tensor::from_vec(self.rng.mask(rows * d_in, self.dropout), (rows, d_in), x.device())?.to_dtype(x.dtype())?)
+        } else {
+            None
+        };
+        let a = self.module.a.as_tensor();
+        let b = self.module.b.as_tensor();
+        if x.device().is_cpu() && x.dtype() == DType::F32 && a.dtype() == DType::F32 && self.base.weight.dtype() == DType::F32 {
+            let op = crate::lora_op::FusedLora {
+                weight: self.base.weight.clone(),
+                bias: self.base.bias.clone(),
+                scale: self.module.scale as f32,
+                mask: mask.map(Arc::new),
+            };
+            return x.contiguous()?.apply_op3(a, b, op);
+        }
+        self.forward_composed(x, mask.as_ref())
+    }
+}
+
+impl LoraLinear {
+    /// The plain differentiable composition (other devices and dtypes; the test oracle).
+    pub fn forward_composed(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let y = self.base.forward_t(x, false)?;
         let d_in = self.module.d_in();
         let rows = x.elem_count() / d_in;
         let mut xa = x.reshape((rows, d_in))?;
-        if train && self.dropout > 0.0 {
-            let mask = Tensor::from_vec(self.rng.mask(rows * d_in, self.dropout), (rows, d_in), x.device())?.to_dtype(x.dtype())?;
-            xa = (xa * mask)?;
+        if let Some(m) = mask {
+            xa = (xa * m)?;
         }
         let a = self.module.a.as_tensor().to_dtype(x.dtype())?;
         let b = self.module.b.as_tensor().to_dtype(x.dtype())?;
         // The scale is applied on the small (rows, r) product, not on (rows, d_out).
         let delta = (xa.matmul(&a.t()?)? * self.module.scale)?.matmul(&b.t()?)?;
-        let mut out_dims = dims;
+        let mut out_dims = x.dims().to_vec();
         let last = out_dims.len() - 1;
         out_dims[last] = self.module.d_out();
         y + delta.reshape(out_dims)?

@@ -41,16 +41,16 @@ impl AdamW {
         let bc2 = 1.0 - beta2.powi(self.t as i32);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = &grads[i] else { continue };
-            let g = g.to_dtype(DType::F32)?;
+            let g = g.detach().to_dtype(DType::F32)?;
             let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((&v / bc2)?.sqrt()? + eps)?;
             let update = ((&m / bc1)? / denom)?;
-            let p = var.as_tensor();
-            let decayed = (p * (1.0 - lr * weight_decay))?;
+            let p = var.as_tensor().detach();
+            let decayed = (&p * (1.0 - lr * weight_decay))?;
             var.set(&(decayed - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }

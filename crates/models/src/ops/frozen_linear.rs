@@ -151,3 +151,13 @@ pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor>
         x.broadcast_matmul(&weight.detach().t()?)
     }
 }
+
+/// `g: (..., d_out) · weight: (d_out, d_in) -> (..., d_in)` outside the autograd graph (the input
+/// gradient of a frozen linear layer).
+pub fn frozen_matmul_t(g: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    if g.device().is_cpu() {
+        g.contiguous()?.apply_op1_no_bwd(&FrozenMatmul { weight: weight.clone(), transposed: true })
+    } else {
+        g.detach().broadcast_matmul(&weight.detach())
+    }
+}
