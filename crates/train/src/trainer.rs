@@ -101,8 +101,10 @@ impl Trainer<'_> {
         if cache.as_ref().map(|(e, _)| *e != epoch).unwrap_or(true) {
             *cache = Some((epoch, epoch_batches(self.train, self.cfg.batch_size, self.cfg.seed, epoch)));
         }
-        let order = &cache.as_ref().map(|(_, o)| o).expect("set above")[micro % per_epoch];
-        let members: Vec<&Example> = order.iter().map(|&i| &self.train[i]).collect();
+        let members: Vec<&Example> = match cache.as_ref().and_then(|(_, o)| o.get(micro % per_epoch)) {
+            Some(order) => order.iter().map(|&i| &self.train[i]).collect(),
+            None => vec![],
+        };
         collate(&members, self.pad_id)
     }
 
