@@ -11,6 +11,72 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Time LoRA training steps (forward, backward, AdamW) at a fixed batch shape.
     Train(BenchTrainArgs),
+    /// Time greedy generation (batch 1) with a LoRA adapter, merged or kept as a branch.
+    Generate(BenchGenerateArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BenchGenerateArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt length in tokens (random ids).
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value = "q_proj,v_proj")]
+    targets: String,
+    /// Keep the adapter as a separate branch instead of merging it.
+    #[arg(long)]
+    unmerged: bool,
+    /// Timed repetitions (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
+fn targets_of(s: &str) -> TargetSpec {
+    if s == "all-linear" { TargetSpec::Pattern(s.to_string()) } else { TargetSpec::Names(s.split(',').map(String::from).collect()) }
+}
+
+fn run_generate(a: BenchGenerateArgs) -> Result<()> {
+    let dev = device();
+    let mut loaded = load_model(&a.model, &dev, candle_core::DType::F32).with_context(|| format!("loading model {}", a.model.display()))?;
+    let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
+    let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;
+    for m in adapters.modules.values() {
+        m.b.set(&(candle_core::Tensor::ones(m.b.dims(), candle_core::DType::F32, &dev)? * 0.01)?)?;
+    }
+    let model = if a.unmerged {
+        Llama::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?
+    } else {
+        adapters.merge_into(&mut loaded.weights)?;
+        Llama::new(&loaded.config, &loaded.weights, &lowrank_models::PlainSite, &dev)?
+    };
+    let vocab = loaded.config.vocab_size as u64;
+    let mut rng = lowrank_models::generate::SplitMix64(3);
+    let prompt: Vec<u32> = (0..a.prompt_tokens).map(|_| (rng.next_u64() % vocab) as u32).collect();
+    let params = lowrank_models::generate::SamplingParams { max_new_tokens: a.new_tokens, ignore_stop: true, ..Default::default() };
+    let mut times = Vec::new();
+    for i in 0..=a.repeats {
+        let t = Instant::now();
+        let out = lowrank_models::generate::generate(&model, std::slice::from_ref(&prompt), &params, 0)?;
+        anyhow::ensure!(out[0].len() == a.new_tokens, "generated {} tokens", out[0].len());
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|x, y| x.total_cmp(y));
+    let median = times[times.len() / 2];
+    println!("{}", serde_json::json!({
+        "bench": "generate", "model": a.model.display().to_string(), "prompt_tokens": a.prompt_tokens,
+        "new_tokens": a.new_tokens, "adapter": if a.unmerged { "unmerged" } else { "merged" },
+        "threads": candle_core::utils::get_num_threads(), "repeats": a.repeats,
+        "tokens_per_s": a.new_tokens as f64 / median, "seconds": median,
+        "seconds_min": times[0], "seconds_max": times[times.len() - 1], "peak_rss_mib": peak_rss_mib(),
+    }));
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -34,11 +100,13 @@ pub struct BenchTrainArgs {
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Train(a) = cmd;
+    let a = match cmd {
+        BenchCommand::Train(a) => a,
+        BenchCommand::Generate(g) => return run_generate(g),
+    };
     let dev = device();
     let loaded = load_model(&a.model, &dev, parse_dtype(&a.dtype)?).with_context(|| format!("loading model {}", a.model.display()))?;
-    let targets = if a.targets == "all-linear" { TargetSpec::Pattern(a.targets.clone()) } else { TargetSpec::Names(a.targets.split(',').map(String::from).collect()) };
-    let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets, init_seed: 1, ..Default::default() };
+    let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
     let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;
     let model = Llama::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?;
     let vocab = loaded.config.vocab_size as u64;
