@@ -19,6 +19,10 @@ def main():
     ap.add_argument("--targets", default="q_proj,v_proj")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--generate", action="store_true", help="time greedy generation (batch 1) instead of training")
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--merged", action="store_true", help="with --generate: merge the adapter first")
     a = ap.parse_args()
 
     import torch
@@ -34,6 +38,8 @@ def main():
         model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
     targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
     model = get_peft_model(model, LoraConfig(r=a.rank, lora_alpha=2 * a.rank, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM"))
+    if a.generate:
+        return bench_generate(model, a, torch)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
     ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq))
@@ -58,6 +64,34 @@ def main():
         "step_ms_min": min(times) * 1000, "step_ms_max": max(times) * 1000,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "trainable_params": trainable, "first_loss": first_loss,
+    }))
+
+
+def bench_generate(model, a, torch):
+    import statistics, time
+    model.eval()
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.constant_(p, 0.01)
+    if a.merged:
+        model = model.merge_and_unload()
+    ids = torch.randint(0, model.config.vocab_size, (1, a.prompt_tokens))
+    times = []
+    with torch.no_grad():
+        for i in range(a.steps + 1):
+            t = time.perf_counter()
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.new_tokens,
+                                 min_new_tokens=a.new_tokens, do_sample=False)
+            assert out.shape[1] == a.prompt_tokens + a.new_tokens
+            if i > 0:
+                times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    print(json.dumps({
+        "bench": "generate", "impl": f"pytorch {torch.__version__} + peft", "model": a.model,
+        "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "adapter": "merged" if a.merged else "unmerged",
+        "threads": a.threads, "repeats": a.steps, "tokens_per_s": a.new_tokens / med, "seconds": med,
+        "seconds_min": min(times), "seconds_max": max(times),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
 
 
