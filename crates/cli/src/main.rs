@@ -3,11 +3,13 @@
 //! (exit code 1; 2 for bad arguments).
 mod bench;
 mod common;
+mod eval;
 mod generate;
 mod inspect;
 mod merge;
 mod plot;
 mod progress;
+mod score;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,10 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Show modules, shapes, dtypes and parameter counts of a model or adapter.
     Inspect(inspect::InspectArgs),
+    /// E2E NLG metrics (BLEU, NIST, METEOR, ROUGE-L, CIDEr) of hypotheses against references.
+    Score(score::ScoreArgs),
+    /// Generate for every unique prompt of a data set and score the outputs.
+    Eval(eval::EvalArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -48,6 +54,8 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Bench(b) => bench::run(b),
     };
     if let Err(e) = result {

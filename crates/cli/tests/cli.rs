@@ -241,3 +241,29 @@ fn bad_inputs_give_one_clear_error() {
     // Nothing was written for the failed runs.
     assert!(!t.join("out").join("metrics.jsonl").exists());
 }
+
+#[test]
+fn score_and_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // References in the e2e-metrics text format; hypotheses equal to a reference score high.
+    std::fs::write(t.join("refs.txt"), "the eagle is a pub .\nthe eagle is a bar .\n\ncocum is cheap .\ncocum has low prices .\n").unwrap();
+    std::fs::write(t.join("hyp.txt"), "the eagle is a pub .\ncocum is cheap .\n").unwrap();
+    let out = ok(&run(bin().args(["score", "--no-meteor", "--format", "json", "--hyp"]).arg(t.join("hyp.txt")).arg("--refs").arg(t.join("refs.txt"))));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["bleu"].as_f64().unwrap() > 0.99, "{out}");
+    assert!(v["meteor"].is_null());
+    // A count mismatch names both counts.
+    std::fs::write(t.join("one.txt"), "just one line\n").unwrap();
+    fails_with(&run(bin().args(["score", "--no-meteor", "--hyp"]).arg(t.join("one.txt")).arg("--refs").arg(t.join("refs.txt"))), &["1", "2"]);
+
+    // eval: beam search over the unique MRs of a small CSV, hypotheses + references + scores.
+    let data = write_data(t, 12);
+    let dir = t.join("eval");
+    let out = ok(&run(bin().arg("eval").arg("--model").arg(tiny()).arg("--data").arg(&data).args(["--beam", "2", "--max-new-tokens", "8", "--no-meteor", "--template", "{prompt} => "]).arg("--output").arg(&dir)));
+    assert!(out.contains("BLEU") && out.contains("CIDEr"), "{out}");
+    let hyps = std::fs::read_to_string(dir.join("hypotheses.txt")).unwrap();
+    let refs = std::fs::read_to_string(dir.join("references.txt")).unwrap();
+    assert_eq!(hyps.lines().count(), refs.split("\n\n").count());
+    assert!(dir.join("scores.json").exists());
+}

@@ -1,0 +1,122 @@
+//! `lowrank eval`: generate one output per unique prompt of a data set (greedy or beam search),
+//! write hypotheses and references, and score them with the E2E metrics.
+use crate::common::{open_for_inference, parse_dtype};
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use lowrank_metrics::score_all;
+use lowrank_models::beam::{beam_search, BeamParams};
+use lowrank_models::generate::{generate, SamplingParams};
+use lowrank_models::weights::write_atomic;
+use lowrank_train::data::{read_pairs, DataFormat, ReadSpec};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// CSV (or JSONL) with prompts and references, several references per prompt allowed.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "mr")]
+    prompt_column: String,
+    #[arg(long, default_value = "ref")]
+    ref_column: String,
+    /// Prompt template; `{prompt}` is replaced by the prompt column.
+    #[arg(long, default_value = "{prompt}")]
+    template: String,
+    /// Wrap the templated prompt in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Beam width (1: greedy).
+    #[arg(long, default_value_t = 1)]
+    beam: usize,
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f64,
+    #[arg(long, default_value_t = 0)]
+    no_repeat_ngram_size: usize,
+    #[arg(long)]
+    early_stopping: bool,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Prompts decoded together.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Only the first N unique prompts (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long)]
+    python_port: bool,
+    #[arg(long)]
+    meteor_data: Option<PathBuf>,
+    #[arg(long)]
+    no_meteor: bool,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    anyhow::ensure!(a.beam >= 1, "--beam must be at least 1");
+    let spec = ReadSpec { format: DataFormat::Auto, prompt_column: a.prompt_column.clone(), completion_column: a.ref_column.clone(), target_file: None };
+    let pairs = read_pairs(&a.data, &spec)?;
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for p in pairs {
+        match index.get(&p.prompt) {
+            Some(&i) => groups[i].1.push(p.completion),
+            None => {
+                index.insert(p.prompt.clone(), groups.len());
+                groups.push((p.prompt, vec![p.completion]));
+            }
+        }
+    }
+    if a.limit > 0 {
+        groups.truncate(a.limit);
+    }
+    let ready = open_for_inference(&a.model, a.adapter.as_deref(), true, parse_dtype(&a.dtype)?)?;
+    let tok = &ready.loaded.tokenizer;
+    let bar = ProgressBar::new(groups.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} prompts ETA {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let mut hyps = Vec::with_capacity(groups.len());
+    for chunk in groups.chunks(a.batch.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|(p, _)| {
+                let text = a.template.replace("{prompt}", p);
+                tok.encode(&if a.chat { tok.chat_prompt(&text) } else { text })
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let outs = if a.beam > 1 {
+            let p = BeamParams {
+                num_beams: a.beam,
+                max_new_tokens: a.max_new_tokens,
+                min_new_tokens: 0,
+                length_penalty: a.length_penalty,
+                no_repeat_ngram_size: a.no_repeat_ngram_size,
+                early_stopping: a.early_stopping,
+                eos_ids: tok.eos_ids.clone(),
+            };
+            beam_search(&ready.model, &ids, &p, tok.pad_id)?
+        } else {
+            let p = SamplingParams { max_new_tokens: a.max_new_tokens, stop_ids: tok.eos_ids.clone(), ..Default::default() };
+            generate(&ready.model, &ids, &p, tok.pad_id)?
+        };
+        for o in outs {
+            hyps.push(tok.decode(&o)?.trim().replace('\n', " "));
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let refs: Vec<Vec<String>> = groups.iter().map(|(_, r)| r.clone()).collect();
+    std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+    write_atomic(&a.output.join("hypotheses.txt"), (hyps.join("\n") + "\n").as_bytes())?;
+    let refs_text: Vec<String> = refs.iter().map(|g| g.join("\n")).collect();
+    write_atomic(&a.output.join("references.txt"), (refs_text.join("\n\n") + "\n").as_bytes())?;
+    let scores = score_all(&hyps, &refs, &crate::score::options(a.python_port, a.meteor_data.clone(), a.no_meteor))?;
+    write_atomic(&a.output.join("scores.json"), serde_json::to_string_pretty(&scores)?.as_bytes())?;
+    eprintln!("{} prompts; outputs in {}", hyps.len(), a.output.display());
+    crate::score::print(&scores, "table")
+}

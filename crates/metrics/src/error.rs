@@ -1,0 +1,46 @@
+//! Typed errors of the metrics library.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while reading inputs or computing metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// An input file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An input file is not valid UTF-8.
+    #[error("{path} is not valid UTF-8 (byte offset {offset})")]
+    Utf8 { path: PathBuf, offset: usize },
+    /// A CSV/TSV reference file is malformed.
+    #[error("{path}: malformed CSV at line {line}: {message}")]
+    Csv {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// The number of hypotheses and of reference groups differ.
+    #[error("number of hypotheses ({hyps}) differs from number of reference groups ({refs})")]
+    LengthMismatch { hyps: usize, refs: usize },
+    /// A reference group has no reference at all.
+    #[error("reference group {index} is empty (every MR needs at least one reference)")]
+    EmptyReferenceGroup { index: usize },
+    /// There is nothing to score.
+    #[error("no hypotheses to score")]
+    EmptyCorpus,
+    /// METEOR resources are missing or unreadable.
+    #[error("METEOR data unavailable: {0}")]
+    MeteorData(String),
+}
+
+impl MetricsError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        MetricsError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
