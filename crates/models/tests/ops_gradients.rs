@@ -95,6 +95,18 @@ fn compare_f32(name: &str, x0: &Tensor, fused: &dyn Fn(&Tensor) -> Tensor, plain
     let dg = (gf.get(x.as_tensor()).unwrap() - gp.get(x.as_tensor()).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     println!("{name}: values max |diff| {dv:e}, gradients max |diff| {dg:e}");
     assert!(dv < 1e-5 && dg < 1e-5, "{name}: {dv} {dg}");
+    // And against central finite differences of the fused op itself (f32: a larger step).
+    let x64 = x0.to_dtype(candle_core::DType::F64).unwrap();
+    let probe64 = probe.to_dtype(candle_core::DType::F64).unwrap();
+    let fd = finite_diff(&x64, 1e-2, &|t| {
+        let y = fused(&t.to_dtype(candle_core::DType::F32).unwrap()).to_dtype(candle_core::DType::F64).unwrap();
+        (y * &probe64).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+    });
+    let g = gf.get(x.as_tensor()).unwrap().to_dtype(candle_core::DType::F64).unwrap();
+    let scale = fd.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1.0);
+    let dfd = max_diff(&g, &fd) / scale;
+    println!("{name}: gradient vs finite differences, max relative |diff| {dfd:e}");
+    assert!(dfd < 5e-3, "{name}: finite differences differ by {dfd}");
 }
 
 #[test]

@@ -22,9 +22,11 @@ fn gemm_xw<T: 'static + Copy + num_zero::Zero>(
     (m, n, k): (usize, usize, usize),
     (rhs_cs, rhs_rs): (isize, isize),
 ) -> Vec<T> {
-    let mut dst = vec![T::zero(); m * n];
+    let mut dst: Vec<T> = Vec::with_capacity(m * n);
     // SAFETY: the slices have the sizes the strides describe: x (m, k), w (n, k), dst (m, n),
-    // all row-major and contiguous; checked by the caller.
+    // all row-major and contiguous; checked by the caller. With `read_dst = false` gemm writes
+    // every element of dst without reading it, so the buffer needs no zeroing; its length is set
+    // only after the write.
     unsafe {
         gemm::gemm(
             m,
@@ -47,6 +49,7 @@ fn gemm_xw<T: 'static + Copy + num_zero::Zero>(
             false,
             gemm::Parallelism::Rayon(candle_core::utils::get_num_threads()),
         );
+        dst.set_len(m * n);
     }
     dst
 }
