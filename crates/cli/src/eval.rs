@@ -48,12 +48,8 @@ pub struct EvalArgs {
     limit: usize,
     #[arg(long)]
     output: PathBuf,
-    #[arg(long)]
-    python_port: bool,
-    #[arg(long)]
-    meteor_data: Option<PathBuf>,
-    #[arg(long)]
-    no_meteor: bool,
+    #[command(flatten)]
+    metrics: crate::score::MetricArgs,
     #[arg(long, default_value = "f32")]
     dtype: String,
 }
@@ -115,7 +111,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     write_atomic(&a.output.join("hypotheses.txt"), (hyps.join("\n") + "\n").as_bytes())?;
     let refs_text: Vec<String> = refs.iter().map(|g| g.join("\n")).collect();
     write_atomic(&a.output.join("references.txt"), (refs_text.join("\n\n") + "\n").as_bytes())?;
-    let scores = score_all(&hyps, &refs, &crate::score::options(a.python_port, a.meteor_data.clone(), a.no_meteor))?;
+    let scores = score_all(&hyps, &refs, &a.metrics.options())?;
     write_atomic(&a.output.join("scores.json"), serde_json::to_string_pretty(&scores)?.as_bytes())?;
     eprintln!("{} prompts; outputs in {}", hyps.len(), a.output.display());
     crate::score::print(&scores, "table")

@@ -13,6 +13,13 @@ pub struct ScoreArgs {
     refs: PathBuf,
     #[arg(long, default_value = "table", value_parser = ["table", "json"])]
     format: String,
+    #[command(flatten)]
+    metrics: MetricArgs,
+}
+
+/// How the metrics are computed (shared by `score` and `eval`).
+#[derive(clap::Args)]
+pub struct MetricArgs {
     /// BLEU/NIST as the repository's Python port computes them (`measure_scores.py -p`, the LoRA paper's figures).
     #[arg(long)]
     python_port: bool,
@@ -24,14 +31,16 @@ pub struct ScoreArgs {
     no_meteor: bool,
 }
 
-pub fn options(python_port: bool, meteor_data: Option<PathBuf>, no_meteor: bool) -> ScoreOptions {
-    ScoreOptions {
-        bleu_nist_mode: if python_port { BleuNistMode::PythonPort } else { BleuNistMode::default() },
-        meteor: match (no_meteor, meteor_data) {
-            (true, _) => MeteorSource::Disabled,
-            (false, Some(d)) => MeteorSource::Dir(d),
-            (false, None) => MeteorSource::Auto,
-        },
+impl MetricArgs {
+    pub fn options(&self) -> ScoreOptions {
+        ScoreOptions {
+            bleu_nist_mode: if self.python_port { BleuNistMode::PythonPort } else { BleuNistMode::default() },
+            meteor: match (self.no_meteor, &self.meteor_data) {
+                (true, _) => MeteorSource::Disabled,
+                (false, Some(d)) => MeteorSource::Dir(d.clone()),
+                (false, None) => MeteorSource::Auto,
+            },
+        }
     }
 }
 
@@ -47,6 +56,6 @@ pub fn print(scores: &Scores, format: &str) -> Result<()> {
 pub fn run(a: ScoreArgs) -> Result<()> {
     let hyps = read_hypotheses(&a.hyp).with_context(|| format!("reading hypotheses {}", a.hyp.display()))?;
     let refs = read_references(&a.refs).with_context(|| format!("reading references {}", a.refs.display()))?;
-    let scores = score_all(&hyps, &refs, &options(a.python_port, a.meteor_data, a.no_meteor))?;
+    let scores = score_all(&hyps, &refs, &a.metrics.options())?;
     print(&scores, &a.format)
 }
