@@ -78,7 +78,7 @@ impl TextTokenizer {
             .filter(|(_, &ty)| ty == 3 || ty == 4)
             .map(|(t, _)| AddedToken::from(t.clone(), true))
             .collect();
-        inner.add_special_tokens(specials);
+        inner.add_special_tokens(specials).map_err(|e| tok_err(source, e))?;
         let eos_ids: Vec<u32> = eos.into_iter().collect();
         let pad_id = pad.or(eos).unwrap_or(0);
         Ok(Self { inner, bos_id: bos, eos_ids, pad_id, chat_template, source: source.to_path_buf() })
