@@ -8,7 +8,7 @@ use crate::ops::rope::rope;
 use crate::ops::swiglu::swiglu;
 use crate::ops::{frozen_matmul, masked_softmax, AttentionMask};
 use crate::weights::Weights;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
 struct Attention {
@@ -295,19 +295,4 @@ impl Llama {
         let t = hidden.dim(1)?;
         self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
     }
-
-    /// Hidden size, for callers that build inputs.
-    pub fn hidden_size(&self) -> usize {
-        self.config.hidden_size
-    }
-
-    #[doc(hidden)]
-    pub fn rope_tables(&self) -> (&Tensor, &Tensor) {
-        (&self.cos, &self.sin)
-    }
-}
-
-/// Last-dimension argmax: `(b, vocab) -> b` ids.
-pub fn argmax_last(logits: &Tensor) -> Result<Vec<u32>> {
-    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
 }

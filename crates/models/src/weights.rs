@@ -69,7 +69,8 @@ pub fn read_safetensors(path: &Path, device: &Device, float_dtype: Option<DType>
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let dtype = st_dtype(path, &name, view.dtype())?;
-        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?;
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
+            .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: format!("tensor `{name}` {:?}: {e}", view.shape()) })?;
         let t = match float_dtype {
             Some(fd) if dtype.is_float() && dtype != fd => t.to_dtype(fd)?,
             _ => t,
