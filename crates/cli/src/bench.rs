@@ -1,7 +1,7 @@
 //! `lowrank bench train`: median LoRA training-step time on synthetic tokens, as one JSON line.
 use crate::common::{device, parse_dtype, peak_rss_mib};
 use anyhow::{Context, Result};
-use lowrank_models::{load_model, Llama};
+use lowrank_models::{load_model, AnyModel, CausalLm};
 use lowrank_peft::{LoraAdapters, LoraConfig, LoraSite, TargetSpec};
 use lowrank_train::optim::{collect_grads, AdamW, AdamWParams};
 use std::path::PathBuf;
@@ -49,12 +49,12 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
         m.b.set(&(candle_core::Tensor::ones(m.b.dims(), candle_core::DType::F32, &dev)? * 0.01)?)?;
     }
     let model = if a.unmerged {
-        Llama::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?
+        AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?
     } else {
         adapters.merge_into(&mut loaded.weights)?;
-        Llama::new(&loaded.config, &loaded.weights, &lowrank_models::PlainSite, &dev)?
+        AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::PlainSite, &dev)?
     };
-    let vocab = loaded.config.vocab_size as u64;
+    let vocab = loaded.config.vocab_size() as u64;
     let mut rng = lowrank_models::generate::SplitMix64(3);
     let prompt: Vec<u32> = (0..a.prompt_tokens).map(|_| (rng.next_u64() % vocab) as u32).collect();
     let params = lowrank_models::generate::SamplingParams { max_new_tokens: a.new_tokens, ignore_stop: true, ..Default::default() };
@@ -108,8 +108,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let loaded = load_model(&a.model, &dev, parse_dtype(&a.dtype)?).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
     let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;
-    let model = Llama::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?;
-    let vocab = loaded.config.vocab_size as u64;
+    let model = AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?;
+    let vocab = loaded.config.vocab_size() as u64;
     let mut rng = lowrank_models::generate::SplitMix64(7);
     let ids: Vec<u32> = (0..a.batch * a.seq).map(|_| (rng.next_u64() % vocab) as u32).collect();
     let labels: Vec<Vec<i64>> = ids.chunks(a.seq).map(|r| r.iter().map(|&x| x as i64).collect()).collect();

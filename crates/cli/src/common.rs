@@ -1,7 +1,7 @@
 //! Shared pieces of the commands: opening a model (with an adapter), devices, number formats.
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use lowrank_models::{load_model, Llama, LoadedModel, PlainSite};
+use lowrank_models::{load_model, AnyModel, LoadedModel, PlainSite};
 use lowrank_peft::{load_adapter, LoraAdapters, LoraSite};
 use std::path::Path;
 
@@ -60,7 +60,7 @@ pub fn trainable_line(trainable: usize, base: usize) -> String {
 /// A model ready for inference, with an adapter merged (default) or attached.
 pub struct Ready {
     pub loaded: LoadedModel,
-    pub model: Llama,
+    pub model: AnyModel,
     #[allow(dead_code)]
     pub adapters: Option<LoraAdapters>,
 }
@@ -81,10 +81,10 @@ pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dty
     let model = match (&adapters, merge) {
         (Some(a), true) => {
             a.merge_into(&mut loaded.weights)?;
-            Llama::new(&loaded.config, &loaded.weights, &PlainSite, &dev)?
+            AnyModel::new(&loaded.config, &loaded.weights, &PlainSite, &dev)?
         }
-        (Some(a), false) => Llama::new(&loaded.config, &loaded.weights, &LoraSite { adapters: a, dropout: 0.0 }, &dev)?,
-        (None, _) => Llama::new(&loaded.config, &loaded.weights, &PlainSite, &dev)?,
+        (Some(a), false) => AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: a, dropout: 0.0 }, &dev)?,
+        (None, _) => AnyModel::new(&loaded.config, &loaded.weights, &PlainSite, &dev)?,
     };
     Ok(Ready { loaded, model, adapters })
 }

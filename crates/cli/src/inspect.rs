@@ -111,18 +111,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         println!("adapter_config.json:\n{cfg}");
         return Ok(());
     };
-    println!(
-        "{} ({}): hidden {}, layers {}, heads {} (kv {}), intermediate {}, vocab {}, tied embeddings {}",
-        config.architecture,
-        config.model_type,
-        config.hidden_size,
-        config.num_hidden_layers,
-        config.num_attention_heads,
-        config.num_key_value_heads,
-        config.intermediate_size,
-        config.vocab_size,
-        config.tie_word_embeddings
-    );
+    println!("{}", config.summary());
     if let Some(spec) = &a.lora {
         let lcfg = parse_lora_spec(spec)?;
         let adapters = LoraAdapters::init(&lcfg, &config.linear_modules(), &candle_core::Device::Cpu)?;

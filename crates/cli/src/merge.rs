@@ -39,11 +39,12 @@ pub fn run(a: MergeArgs) -> Result<()> {
     let tmp = a.output.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut tensors = std::collections::BTreeMap::new();
-    for (k, t) in &loaded.weights.tensors {
-        if k == "lm_head.weight" && loaded.config.tie_word_embeddings {
+    // In the checkpoint's own layout (GPT-2's Conv1D weights transposed back).
+    for (k, t) in lowrank_models::loader::checkpoint_tensors(&loaded.config, &loaded.weights)? {
+        if k == "lm_head.weight" && loaded.config.tie_word_embeddings() {
             continue;
         }
-        tensors.insert(k.clone(), t.to_dtype(out_dtype)?);
+        tensors.insert(k, t.to_dtype(out_dtype)?);
     }
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -63,7 +64,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
                 "eos_token": name_of(t.eos_ids.first().copied()),
                 "pad_token": name_of(Some(t.pad_id)),
                 "chat_template": t.chat_template,
-                "model_max_length": loaded.config.max_position_embeddings,
+                "model_max_length": loaded.config.max_positions(),
             }))?
         }
     };

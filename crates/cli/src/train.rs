@@ -3,8 +3,8 @@ use crate::common::{device, parse_dtype, trainable_line};
 use crate::progress::Bar;
 use anyhow::{Context, Result};
 use lowrank_models::generate::{generate, SamplingParams};
-use lowrank_models::{load_model, Llama, TextTokenizer};
-use lowrank_peft::{LoraAdapters, LoraSite};
+use lowrank_models::{load_config, load_model, AnyModel, CausalLm, TextTokenizer};
+use lowrank_peft::{AdapterInfo, LoraAdapters, LoraSite};
 use lowrank_train::checkpoint::{find_checkpoint, load_checkpoint};
 use lowrank_train::config::expand_path;
 use lowrank_train::data::{encode_all, read_pairs, ReadSpec, Templater, TextPair};
@@ -59,15 +59,19 @@ fn test_prompts(cfg: &RunConfig, n: usize) -> Result<Vec<(String, Vec<String>)>>
     Ok(out)
 }
 
-fn sample_outputs(model: &Llama, tok: &TextTokenizer, tpl: &Templater, cfg: &RunConfig, prompts: &[(String, Vec<String>)]) -> Result<Vec<String>> {
+fn sample_outputs(model: &AnyModel, tok: &TextTokenizer, tpl: &Templater, cfg: &RunConfig, prompts: &[(String, Vec<String>)]) -> Result<Vec<String>> {
     let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|(p, _)| {
             let text = tpl.prompt_text(p);
             let text = if cfg.report.chat_template { tok.chat_prompt(&text) } else { text };
-            tok.encode(&text)
+            let mut ids = tok.encode(&text)?;
+            if model.decoder_start_id().is_some() {
+                ids.extend(tok.eos_ids.first());
+            }
+            Ok(ids)
         })
-        .collect::<std::result::Result<_, _>>()?;
+        .collect::<std::result::Result<_, lowrank_models::ModelError>>()?;
     let params = SamplingParams { max_new_tokens: cfg.report.max_new_tokens, stop_ids: tok.eos_ids.clone(), ..Default::default() };
     let outs = generate(model, &ids, &params, tok.pad_id)?;
     Ok(outs.iter().map(|o| tok.decode(o).map(|s| s.trim().to_string())).collect::<std::result::Result<_, _>>()?)
@@ -103,12 +107,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", cfg.train.threads.to_string());
     }
 
-    // Data first: a bad data file fails before the model is loaded.
+    // Configuration and data first: a bad file fails before the weights are loaded.
+    let model_config = load_config(&model_path).with_context(|| format!("reading the configuration of {}", model_path.display()))?;
     let tpl = Templater {
         prompt_template: cfg.data.prompt_template.clone(),
         completion_template: cfg.data.completion_template.clone(),
         append_eos: cfg.data.append_eos,
         max_length: cfg.data.max_length,
+        seq2seq: model_config.is_encoder_decoder(),
     };
     let train_path = expand_path(&cfg.data.train);
     let train_pairs = limited(read_pairs(&train_path, &spec(&cfg, &cfg.data.train_target))?, cfg.data.train_limit);
@@ -133,7 +139,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let adapters = LoraAdapters::init(&lora_cfg, &loaded.config.linear_modules(), &dev)?;
     eprintln!("{}", trainable_line(adapters.trainable_parameters(), loaded.weights.parameter_count()));
     eprintln!("{} training examples, {} validation examples; run folder {}", train.len(), valid.len(), run_dir.display());
-    let model = Llama::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: lora_cfg.dropout }, &dev)?;
+    let model = AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: lora_cfg.dropout }, &dev)?;
 
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run folder {}", run_dir.display()))?;
     lowrank_models::weights::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
@@ -143,6 +149,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         sample_outputs(&model, tok, &tpl, &cfg, &samples)?
     };
 
+    let adapter_info = AdapterInfo::new(model_path.display().to_string(), loaded.config.peft_task_type(), loaded.config.fan_in_fan_out());
     let trainer = Trainer {
         model: &model,
         adapters: &adapters,
@@ -151,7 +158,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         cfg: &cfg.train,
         pad_id: tok.pad_id,
         run_dir: Some(run_dir.clone()),
-        base_model_name: model_path.display().to_string(),
+        adapter_info: adapter_info.clone(),
     };
     let mut opt = trainer.optimizer()?;
     let start = match &resume_ck {
@@ -165,7 +172,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut bar = Bar::new();
     let summary = trainer.run(&mut opt, start, &mut bar)?;
     let adapter_dir = run_dir.join("adapter");
-    lowrank_peft::save_adapter(&adapter_dir, &adapters, &model_path.display().to_string(), "CAUSAL_LM")?;
+    lowrank_peft::save_adapter(&adapter_dir, &adapters, &adapter_info)?;
     let summary_json = serde_json::to_string_pretty(&summary)?;
     lowrank_models::weights::write_atomic(&run_dir.join("summary.json"), summary_json.as_bytes())?;
     crate::plot::loss_curve_svg(&run_dir.join("metrics.jsonl"), &run_dir.join("loss.svg"))?;

@@ -20,7 +20,8 @@
 //! The returned continuation of a prompt is its best finished hypothesis, new tokens only, with a
 //! final EOS removed.
 use crate::error::{ModelError, Result};
-use crate::llama::{KvCache, Llama};
+use crate::causal_lm::CausalLm;
+use crate::kv_cache::KvCache;
 use candle_core::{DType, Tensor};
 
 /// Beam search settings (names and meaning as in Hugging Face's `GenerationConfig`).
@@ -126,7 +127,7 @@ fn top_k(values: &[f32], k: usize) -> Vec<usize> {
 
 /// Beam search continuations of `prompts`, batched (`prompts.len() · num_beams` rows, left padded
 /// with `pad_id`). Returns, per prompt, the new tokens of the best hypothesis (final EOS removed).
-pub fn beam_search(model: &Llama, prompts: &[Vec<u32>], p: &BeamParams, pad_id: u32) -> Result<Vec<Vec<u32>>> {
+pub fn beam_search(model: &dyn CausalLm, prompts: &[Vec<u32>], p: &BeamParams, pad_id: u32) -> Result<Vec<Vec<u32>>> {
     let nb = p.num_beams;
     if nb == 0 {
         return Err(ModelError::Invalid("beam search needs num_beams >= 1".into()));
@@ -172,8 +173,7 @@ pub fn beam_search(model: &Llama, prompts: &[Vec<u32>], p: &BeamParams, pad_id: 
     for step in 0..p.max_new_tokens {
         let t = mask.len() / rows;
         let mask_t = Tensor::from_vec(mask.clone(), (rows, t), dev)?;
-        let h = model.forward_cached(&input, Some(&mask_t), &mut cache)?;
-        let logits = model.last_logits(&h)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let logits = model.next_logits(&input, Some(&mask_t), &mut cache)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let vocab = logits.first().map(|r| r.len()).unwrap_or(0);
         if vocab == 0 {
             return Err(ModelError::Invalid("model returned empty logits".into()));
@@ -191,7 +191,12 @@ pub fn beam_search(model: &Llama, prompts: &[Vec<u32>], p: &BeamParams, pad_id: 
             for k in 0..nb {
                 let mut lp = log_softmax(&logits[item * nb + k]);
                 if p.no_repeat_ngram_size > 0 {
-                    let mut hist = prompts[item].clone();
+                    // The decoder's own sequence: the prompt for a decoder-only model, the start
+                    // token for an encoder–decoder one (as Hugging Face bans n-grams of input_ids).
+                    let mut hist = match model.decoder_start_id() {
+                        Some(start) => vec![start],
+                        None => prompts[item].clone(),
+                    };
                     hist.extend_from_slice(&st.running[k]);
                     for tok in no_repeat_ngram_banned(&hist, p.no_repeat_ngram_size) {
                         if let Some(x) = lp.get_mut(tok as usize) {
@@ -273,11 +278,7 @@ pub fn beam_search(model: &Llama, prompts: &[Vec<u32>], p: &BeamParams, pad_id: 
         }
 
         // Reorder the cache rows to the selected beams, feed the new tokens, grow the mask.
-        let idx = Tensor::from_vec(src_rows, rows, dev)?;
-        for (k, v) in cache.layers.iter_mut().flatten() {
-            *k = k.index_select(&idx, 0)?;
-            *v = v.index_select(&idx, 0)?;
-        }
+        cache.reorder(&src_rows)?;
         input = Tensor::from_vec(next_tokens, (rows, 1), dev)?;
         let mut m2 = Vec::with_capacity(rows * (t + 1));
         for r in 0..rows {

@@ -1,20 +1,29 @@
-//! What the trainer and the decoders need from a causal language model. Llama implements it;
-//! GPT-2 (fused `c_attn`, Conv1D weights) plugs in the same way, and an encoder–decoder (T5) adds
-//! the encoder input to the same calls.
+//! What the trainer and the decoders need from a language model. Decoder-only models (Llama,
+//! GPT-2) read `input_ids` as the whole sequence; an encoder–decoder model (T5) reads them as the
+//! encoder input and `labels` as the decoder targets, as Hugging Face's `model(input_ids, labels)`.
 use crate::error::Result;
-use crate::llama::KvCache;
+use crate::kv_cache::KvCache;
 use candle_core::{Device, Tensor};
 
 pub trait CausalLm: Send + Sync {
     fn device(&self) -> &Device;
 
-    /// Causal-LM loss over `input_ids: (b, t)`: logits at position i predict `labels[i+1]`
-    /// (`IGNORE_INDEX` skipped). Returns `(sum of token losses, number of tokens)`.
+    /// Decoder-only: causal-LM loss over `input_ids: (b, t)`, logits at position i predict
+    /// `labels[i+1]`. Encoder–decoder: `input_ids: (b, s)` feed the encoder, the decoder reads
+    /// `labels` shifted right after the start token and position i predicts `labels[i]`.
+    /// `IGNORE_INDEX` labels are skipped. Returns `(sum of token losses, number of tokens)`.
     fn loss_sum(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: &[Vec<i64>], label_smoothing: f32, train: bool) -> Result<(Tensor, usize)>;
 
     /// Incremental decoding: `input_ids: (b, t_new)` after the cached positions,
     /// `attention_mask: (b, cached + t_new)` → logits of the last position `(b, vocab)`.
+    /// Encoder–decoder: the first call (empty cache) takes the prompt as encoder input and
+    /// returns the logits after the decoder start token; later calls take decoder tokens.
     fn next_logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor>;
+
+    /// The decoder start token of an encoder–decoder model; `None` for a decoder-only model.
+    fn decoder_start_id(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl CausalLm for crate::llama::Llama {

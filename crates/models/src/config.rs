@@ -38,28 +38,29 @@ pub struct LlamaConfig {
     pub pad_token_id: Option<u32>,
 }
 
-struct Keys<'a> {
-    path: &'a Path,
-    v: &'a Value,
+/// Typed access to a config.json object that names the file and key when one is missing.
+pub(crate) struct Keys<'a> {
+    pub path: &'a Path,
+    pub v: &'a Value,
 }
 
 impl Keys<'_> {
-    fn missing(&self, key: &str) -> ModelError {
+    pub(crate) fn missing(&self, key: &str) -> ModelError {
         ModelError::MissingConfigKey { path: self.path.to_path_buf(), key: key.to_string() }
     }
-    fn usize_req(&self, key: &str) -> Result<usize> {
+    pub(crate) fn usize_req(&self, key: &str) -> Result<usize> {
         self.v.get(key).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| self.missing(key))
     }
-    fn usize_opt(&self, key: &str) -> Option<usize> {
+    pub(crate) fn usize_opt(&self, key: &str) -> Option<usize> {
         self.v.get(key).and_then(Value::as_u64).map(|x| x as usize)
     }
-    fn f64_opt(&self, key: &str) -> Option<f64> {
+    pub(crate) fn f64_opt(&self, key: &str) -> Option<f64> {
         self.v.get(key).and_then(Value::as_f64)
     }
-    fn bool_opt(&self, key: &str) -> Option<bool> {
+    pub(crate) fn bool_opt(&self, key: &str) -> Option<bool> {
         self.v.get(key).and_then(Value::as_bool)
     }
-    fn ids(&self, key: &str) -> Vec<u32> {
+    pub(crate) fn ids(&self, key: &str) -> Vec<u32> {
         match self.v.get(key) {
             Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
             Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),

@@ -1,20 +1,31 @@
 //! Training-first transformer models for lowrank: the Llama family (Llama, SmolLM2, Qwen2),
-//! loaded from Hugging Face folders or GGUF files, with the linear-layer seam adapters attach to.
+//! GPT-2 and T5 / FLAN-T5, loaded from Hugging Face folders (Llama also from GGUF files), with
+//! the linear-layer seam adapters attach to.
+pub mod any_model;
 pub mod beam;
 pub mod causal_lm;
+pub mod causal_loss;
 pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod gpt2;
+pub mod gpt2_config;
 pub mod linear_site;
+pub mod kv_cache;
 pub mod llama;
 pub mod loader;
+pub mod model_config;
 pub mod ops;
+pub mod t5;
+pub mod t5_config;
 pub mod tokenizer;
 pub mod weights;
 
 pub use causal_lm::CausalLm;
+pub use any_model::AnyModel;
 pub use config::LlamaConfig;
+pub use model_config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use linear_site::{BaseLinear, LinearLayer, LinearSite, PlainSite};
 pub use llama::{KvCache, Llama};

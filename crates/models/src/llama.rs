@@ -8,6 +8,7 @@ use crate::ops::rope::rope;
 use crate::ops::swiglu::swiglu;
 use crate::ops::{frozen_matmul, masked_softmax, AttentionMask};
 use crate::weights::Weights;
+pub use crate::kv_cache::KvCache;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
@@ -29,21 +30,6 @@ struct DecoderLayer {
     self_attn: Attention,
     post_attention_layernorm: Tensor,
     mlp: Mlp,
-}
-
-/// Key/value tensors of the positions seen so far, per layer: `(b, kv_heads, t, head_dim)`.
-#[derive(Clone, Default)]
-pub struct KvCache {
-    pub layers: Vec<Option<(Tensor, Tensor)>>,
-}
-
-impl KvCache {
-    pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A Llama-family causal language model.
@@ -189,7 +175,7 @@ impl Llama {
             )),
             None => None,
         };
-        let mask = AttentionMask { t_q: t, offset, key_keep };
+        let mask = AttentionMask { t_q: t, offset, key_keep, causal: true };
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
         for (li, layer) in self.layers.iter().enumerate() {
@@ -266,28 +252,8 @@ impl Llama {
     /// labels equal to -100 are ignored. Returns `(sum of token losses, number of tokens)`;
     /// logits are only computed at positions that have a target.
     pub fn loss_sum(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: &[Vec<i64>], label_smoothing: f32, train: bool) -> Result<(Tensor, usize)> {
-        let (b, t) = input_ids.dims2()?;
         let h = self.hidden_states(input_ids, attention_mask, train)?;
-        let mut rows = Vec::new();
-        let mut targets = Vec::new();
-        for (bi, row) in labels.iter().enumerate().take(b) {
-            for i in 0..t.saturating_sub(1) {
-                let target = row.get(i + 1).copied().unwrap_or(crate::ops::IGNORE_INDEX);
-                if target != crate::ops::IGNORE_INDEX {
-                    rows.push((bi * t + i) as u32);
-                    targets.push(target);
-                }
-            }
-        }
-        if rows.is_empty() {
-            return Ok((h.sum_all()?.affine(0.0, 0.0)?, 0));
-        }
-        let n = rows.len();
-        let idx = Tensor::from_vec(rows, n, h.device())?;
-        let hs = h.reshape((b * t, self.config.hidden_size))?.index_select(&idx, 0)?;
-        let logits = frozen_matmul(&hs, &self.lm_head)?;
-        let loss = crate::ops::cross_entropy_sum(&logits, &targets, label_smoothing)?;
-        Ok((loss, n))
+        crate::causal_loss::shifted_loss_sum(&h, &self.lm_head, labels, label_smoothing)
     }
 
     /// Logits of the last position of each row: `(b, t) -> (b, vocab)`, for generation.

@@ -1,10 +1,11 @@
 //! Opens a model given as a Hugging Face folder or a `.gguf` file.
-use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::model_config::ModelConfig;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{load_hf_weights, Weights};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Where a model came from.
@@ -14,25 +15,73 @@ pub enum ModelSource {
     Gguf(PathBuf),
 }
 
-/// Config, weights and tokenizer of a model, ready to build.
+/// Config, weights and tokenizer of a model, ready to build. Every linear weight is held
+/// `(d_out, d_in)`, whatever the checkpoint's layout (GPT-2's Conv1D is transposed on load).
 pub struct LoadedModel {
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     pub weights: Weights,
     pub tokenizer: TextTokenizer,
     pub source: ModelSource,
 }
 
 /// Reads only the configuration (cheap: no tensor data).
-pub fn load_config(path: &Path) -> Result<LlamaConfig> {
+pub fn load_config(path: &Path) -> Result<ModelConfig> {
     if is_gguf(path) {
-        GgufFile::open(path)?.config()
+        Ok(ModelConfig::Llama(GgufFile::open(path)?.config()?))
     } else {
-        LlamaConfig::from_json_file(&path.join("config.json"))
+        ModelConfig::from_json_file(&path.join("config.json"))
     }
 }
 
 fn is_gguf(path: &Path) -> bool {
     path.is_file() && path.extension().map(|e| e.eq_ignore_ascii_case("gguf")).unwrap_or(false)
+}
+
+/// Brings a checkpoint's tensors to lowrank's in-memory layout: GPT-2 names get their
+/// `transformer.` prefix (the original OpenAI conversion has none), attention-mask buffers and
+/// tied copies of the embeddings are dropped, Conv1D weights become `(d_out, d_in)`.
+pub fn normalize_weights(config: &ModelConfig, weights: &mut Weights) -> Result<()> {
+    match config {
+        ModelConfig::Gpt2(_) => {
+            let old = std::mem::take(&mut weights.tensors);
+            for (name, t) in old {
+                if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name == "lm_head.weight" {
+                    continue;
+                }
+                let name = if name.starts_with("transformer.") { name } else { format!("transformer.{name}") };
+                weights.tensors.insert(name, t);
+            }
+        }
+        ModelConfig::T5(c) => {
+            if weights.contains("shared.weight") {
+                weights.tensors.remove("encoder.embed_tokens.weight");
+                weights.tensors.remove("decoder.embed_tokens.weight");
+            }
+            if c.tie_word_embeddings {
+                weights.tensors.remove("lm_head.weight");
+            }
+        }
+        ModelConfig::Llama(_) => {}
+    }
+    transpose_named(weights, &config.transposed_weight_names())
+}
+
+fn transpose_named(weights: &mut Weights, names: &[String]) -> Result<()> {
+    for name in names {
+        if let Some(t) = weights.tensors.get(name) {
+            let t: Tensor = t.t()?.contiguous()?;
+            weights.tensors.insert(name.clone(), t);
+        }
+    }
+    Ok(())
+}
+
+/// The tensors as a Hugging Face checkpoint stores them (Conv1D weights back to `(d_in, d_out)`),
+/// for writing a merged model.
+pub fn checkpoint_tensors(config: &ModelConfig, weights: &Weights) -> Result<BTreeMap<String, Tensor>> {
+    let mut w = weights.clone();
+    transpose_named(&mut w, &config.transposed_weight_names())?;
+    Ok(w.tensors)
 }
 
 /// Loads a Hugging Face folder (`config.json`, `model.safetensors` or a sharded index,
@@ -46,7 +95,7 @@ pub fn load_model(path: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
         let config = g.config()?;
         let tokenizer = g.tokenizer()?;
         let weights = g.weights(&config, device, dtype)?;
-        return Ok(LoadedModel { config, weights, tokenizer, source: ModelSource::Gguf(path.to_path_buf()) });
+        return Ok(LoadedModel { config: ModelConfig::Llama(config), weights, tokenizer, source: ModelSource::Gguf(path.to_path_buf()) });
     }
     if path.is_file() {
         return Err(ModelError::Unsupported {
@@ -54,8 +103,9 @@ pub fn load_model(path: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
             reason: "expected a Hugging Face model folder or a .gguf file".into(),
         });
     }
-    let config = LlamaConfig::from_json_file(&path.join("config.json"))?;
-    let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"), config.bos_token_id, &config.eos_token_ids, config.pad_token_id)?;
-    let weights = load_hf_weights(path, device, dtype)?;
+    let config = ModelConfig::from_json_file(&path.join("config.json"))?;
+    let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"), config.bos_token_id(), &config.eos_token_ids(), config.pad_token_id())?;
+    let mut weights = load_hf_weights(path, device, dtype)?;
+    normalize_weights(&config, &mut weights)?;
     Ok(LoadedModel { config, weights, tokenizer, source: ModelSource::HfFolder(path.to_path_buf()) })
 }

@@ -44,7 +44,7 @@ fn model(merged: bool) -> Llama {
         }
         assert_eq!(n, 4, "q_proj and v_proj of 2 layers");
     }
-    Llama::new(&m.config, &m.weights, &PlainSite, &Device::Cpu).unwrap()
+    Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap()
 }
 
 fn fixture_beam_params() -> BeamParams {

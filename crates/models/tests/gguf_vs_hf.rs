@@ -12,7 +12,7 @@ fn fx() -> PathBuf {
 fn logits_of(path: PathBuf) -> (Tensor, Vec<Vec<i64>>) {
     let g = read_safetensors(&fx().join("golden.safetensors"), &Device::Cpu, None).unwrap();
     let m = load_model(&path, &Device::Cpu, DType::F32).unwrap();
-    let model = Llama::new(&m.config, &m.weights, &PlainSite, &Device::Cpu).unwrap();
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap();
     let mask = g["attention_mask"].clone();
     (model.forward(&g["input_ids"], Some(&mask), false).unwrap(), mask.to_vec2::<i64>().unwrap())
 }

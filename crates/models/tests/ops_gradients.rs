@@ -141,7 +141,7 @@ fn fused_rope_matches_composition() {
 fn fused_masked_softmax_matches_composition() {
     use lowrank_models::ops::masked_softmax::{masked_softmax, AttentionMask};
     let keep = std::sync::Arc::new(vec![vec![1u8, 1, 1, 1], vec![1, 1, 0, 0]]);
-    let mask = AttentionMask { t_q: 4, offset: 0, key_keep: Some(keep) };
+    let mask = AttentionMask { t_q: 4, offset: 0, key_keep: Some(keep), causal: true };
     // (b=2, kv heads=3, g·t = 2·4, t_k = 4)
     let x = (rand(&[2, 3, 8, 4], 9) * 3.0).unwrap();
     compare_f32(

@@ -1,6 +1,7 @@
 //! Parameter-efficient adapters for lowrank models: LoRA (and rsLoRA), target selection, merging,
 //! and the Hugging Face PEFT adapter format.
 pub mod error;
+pub mod fused_parts;
 pub mod lora;
 pub mod lora_op;
 pub mod peft_format;
@@ -8,5 +9,5 @@ pub mod targets;
 
 pub use error::{PeftError, Result};
 pub use lora::{LoraAdapters, LoraConfig, LoraLinear, LoraModule, LoraSite};
-pub use peft_format::{load_adapter, save_adapter, LoadedAdapter};
+pub use peft_format::{load_adapter, save_adapter, save_adapter_native, AdapterInfo, LoadedAdapter};
 pub use targets::TargetSpec;

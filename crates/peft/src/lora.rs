@@ -1,6 +1,7 @@
 //! LoRA: `y = W x + b + s · B A dropout(x)` with `A: (r, d_in)`, `B: (d_out, r)`,
 //! `s = alpha / r` (rsLoRA: `alpha / sqrt(r)`). A is kaiming-uniform, B zero: a no-op at start.
 use crate::error::{PeftError, Result};
+use crate::fused_parts::{group_parts, part_of, parts_layer};
 use crate::targets::{pattern_match, select, TargetSpec};
 use candle_core::{DType, Device, Tensor, Var};
 use lowrank_models::generate::SplitMix64;
@@ -98,6 +99,9 @@ pub struct LoraModule {
     pub r: usize,
     pub alpha: f64,
     pub scale: f64,
+    /// For a part of a fused projection (GPT-2's `c_attn.q`): the fused module and the part's
+    /// index, which places it at output rows `index·d_out ..` of the fused weight.
+    pub part: Option<(String, usize)>,
 }
 
 impl LoraModule {
@@ -138,7 +142,7 @@ impl DropoutRng {
     }
 
     /// Inverted-dropout mask of `n` values: 0 or `1/(1-p)`.
-    fn mask(&self, n: usize, p: f64) -> Vec<f32> {
+    pub(crate) fn mask(&self, n: usize, p: f64) -> Vec<f32> {
         let keep = 1.0 / (1.0 - p) as f32;
         match self.0.lock() {
             Ok(mut g) => (0..n).map(|_| if g.next_f64() < p { 0.0 } else { keep }).collect(),
@@ -170,7 +174,8 @@ impl LoraAdapters {
             let a: Vec<f32> = (0..r * d_in).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
             let a = Var::from_tensor(&Tensor::from_vec(a, (r, *d_in), device)?)?;
             let b = Var::zeros((*d_out, r), DType::F32, device)?;
-            modules.insert(path.clone(), LoraModule { path: path.clone(), a, b, r, alpha, scale: config.scale(r, alpha) });
+            let part = part_of(path, &paths);
+            modules.insert(path.clone(), LoraModule { path: path.clone(), a, b, r, alpha, scale: config.scale(r, alpha), part });
         }
         Ok(Self { config: config.clone(), modules, dropout_rng: DropoutRng::new(config.init_seed) })
     }
@@ -191,24 +196,40 @@ impl LoraAdapters {
         out
     }
 
-    /// `W ← W + s·B·A` (in f32, then back to W's dtype) for every adapted module.
+    /// `W ← W + s·B·A` (in f32, then back to W's dtype) for every adapted module; a part of a
+    /// fused projection adds into its rows of the fused weight.
     pub fn merge_into(&self, weights: &mut Weights) -> Result<()> {
-        for (p, m) in &self.modules {
-            let key = format!("{p}.weight");
-            let w = weights.get(&key, &[m.d_out(), m.d_in()])?;
-            let merged = (w.to_dtype(DType::F32)? + m.delta_weight()?)?.to_dtype(w.dtype())?;
-            weights.tensors.insert(key, merged);
-        }
-        Ok(())
+        self.apply_delta(weights, 1.0)
     }
 
     /// `W ← W − s·B·A`: undoes [`merge_into`](Self::merge_into).
     pub fn unmerge_from(&self, weights: &mut Weights) -> Result<()> {
-        for (p, m) in &self.modules {
-            let key = format!("{p}.weight");
-            let w = weights.get(&key, &[m.d_out(), m.d_in()])?;
-            let un = (w.to_dtype(DType::F32)? - m.delta_weight()?)?.to_dtype(w.dtype())?;
-            weights.tensors.insert(key, un);
+        self.apply_delta(weights, -1.0)
+    }
+
+    fn apply_delta(&self, weights: &mut Weights, sign: f64) -> Result<()> {
+        for m in self.modules.values() {
+            let delta = (m.delta_weight()? * sign)?;
+            match &m.part {
+                None => {
+                    let key = format!("{}.weight", m.path);
+                    let w = weights.get(&key, &[m.d_out(), m.d_in()])?;
+                    let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
+                    weights.tensors.insert(key, merged);
+                }
+                Some((parent, idx)) => {
+                    let key = format!("{parent}.weight");
+                    let w = weights.get_any(&key)?;
+                    let off = crate::fused_parts::part_offset(m, *idx);
+                    let (rows, cols) = w.dims2()?;
+                    if cols != m.d_in() || off + m.d_out() > rows {
+                        return Err(PeftError::Invalid(format!("`{key}` has shape ({rows}, {cols}); part `{}` needs rows {off}..{} of {} columns", m.path, off + m.d_out(), m.d_in())));
+                    }
+                    let block = (w.narrow(0, off, m.d_out())?.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
+                    let merged = w.slice_assign(&[off..off + m.d_out(), 0..cols], &block)?;
+                    weights.tensors.insert(key, merged);
+                }
+            }
         }
         Ok(())
     }
@@ -282,9 +303,15 @@ pub struct LoraSite<'a> {
 
 impl LinearSite for LoraSite<'_> {
     fn build(&self, base: BaseLinear) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
-        match self.adapters.modules.get(&base.path) {
-            Some(m) => Ok(Arc::new(LoraLinear { base, module: m.clone(), dropout: self.dropout, rng: self.adapters.dropout_rng.clone() })),
-            None => Ok(Arc::new(base)),
+        let rng = self.adapters.dropout_rng.clone();
+        let parts: Vec<(LoraModule, usize)> = group_parts(&self.adapters.modules).remove(&base.path).unwrap_or_default();
+        let inner: Arc<dyn LinearLayer> = match self.adapters.modules.get(&base.path) {
+            Some(m) => Arc::new(LoraLinear { base: base.clone(), module: m.clone(), dropout: self.dropout, rng: rng.clone() }),
+            None => Arc::new(base.clone()),
+        };
+        if parts.is_empty() {
+            return Ok(inner);
         }
+        Ok(parts_layer(&base, inner, parts, self.dropout, rng))
     }
 }

@@ -25,27 +25,45 @@ const KNOWN_KEYS: &[&str] = &[
     "use_bdlora", "velora_config",
 ];
 
-/// `adapter_config.json` for `adapters`.
-pub fn adapter_config_json(adapters: &LoraAdapters, base_model: &str, task_type: &str) -> Value {
+/// What an adapter folder records about the model it belongs to.
+#[derive(Debug, Clone)]
+pub struct AdapterInfo {
+    pub base_model: String,
+    /// `CAUSAL_LM` or `SEQ_2_SEQ_LM`.
+    pub task_type: String,
+    /// The model's adapted layers are Conv1D (GPT-2): PEFT's `fan_in_fan_out`.
+    pub fan_in_fan_out: bool,
+}
+
+impl AdapterInfo {
+    pub fn new(base_model: impl Into<String>, task_type: impl Into<String>, fan_in_fan_out: bool) -> Self {
+        Self { base_model: base_model.into(), task_type: task_type.into(), fan_in_fan_out }
+    }
+}
+
+fn leaves<'a>(paths: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut leaves: Vec<String> = paths.map(|p| p.rsplit('.').next().unwrap_or(p).to_string()).collect();
+    leaves.sort();
+    leaves.dedup();
+    leaves
+}
+
+/// `adapter_config.json` for `adapters` (as they are, parts of fused layers included).
+pub fn adapter_config_json(adapters: &LoraAdapters, info: &AdapterInfo) -> Value {
     let c = &adapters.config;
     let target_modules = match &c.targets {
         TargetSpec::Names(n) => json!(n),
-        TargetSpec::Pattern(p) if p == "all-linear" => {
-            // PEFT records the resolved leaf names.
-            let mut leaves: Vec<&str> = adapters.modules.keys().map(|p| p.rsplit('.').next().unwrap_or(p)).collect();
-            leaves.sort();
-            leaves.dedup();
-            json!(leaves)
-        }
+        // PEFT records the resolved leaf names.
+        TargetSpec::Pattern(p) if p == "all-linear" => json!(leaves(adapters.modules.keys())),
         TargetSpec::Pattern(p) => json!(p),
     };
     json!({
         "alpha_pattern": c.alpha_pattern,
         "auto_mapping": null,
-        "base_model_name_or_path": base_model,
+        "base_model_name_or_path": info.base_model,
         "bias": "none",
         "exclude_modules": if c.exclude.is_empty() { Value::Null } else { json!(c.exclude) },
-        "fan_in_fan_out": false,
+        "fan_in_fan_out": info.fan_in_fan_out,
         "inference_mode": true,
         "init_lora_weights": true,
         "layers_pattern": null,
@@ -58,26 +76,77 @@ pub fn adapter_config_json(adapters: &LoraAdapters, base_model: &str, task_type:
         "rank_pattern": c.rank_pattern,
         "revision": null,
         "target_modules": target_modules,
-        "task_type": task_type,
+        "task_type": info.task_type,
         "use_dora": false,
         "use_rslora": c.use_rslora,
     })
 }
 
-/// Writes the adapter folder (each file atomically).
-pub fn save_adapter(dir: &Path, adapters: &LoraAdapters, base_model: &str, task_type: &str) -> Result<()> {
+fn write_folder(dir: &Path, tensors: BTreeMap<String, candle_core::Tensor>, cfg: &Value) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| PeftError::Io { path: dir.to_path_buf(), source })?;
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, Some(meta))?;
+    let text = serde_json::to_string_pretty(cfg).map_err(|source| PeftError::Json { path: dir.join(CONFIG_FILE), source })?;
+    write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
+    Ok(())
+}
+
+/// Writes the adapter as lowrank holds it (each file atomically): parts of fused layers keep
+/// their own factors (`…c_attn.q.lora_A.weight`). Checkpoints use this form; lowrank reads it
+/// back exactly. Without parts it is the same as [`save_adapter`].
+pub fn save_adapter_native(dir: &Path, adapters: &LoraAdapters, info: &AdapterInfo) -> Result<()> {
     let mut tensors = BTreeMap::new();
     for (name, var) in adapters.named_vars() {
         tensors.insert(format!("{PREFIX}{name}"), var.as_tensor().to_dtype(DType::F32)?);
     }
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, Some(meta))?;
-    let cfg = adapter_config_json(adapters, base_model, task_type);
-    let text = serde_json::to_string_pretty(&cfg).map_err(|source| PeftError::Json { path: dir.join(CONFIG_FILE), source })?;
-    write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
-    Ok(())
+    write_folder(dir, tensors, &adapter_config_json(adapters, info))
+}
+
+/// Writes the adapter folder in the form Hugging Face PEFT (and vLLM, mistral.rs) load. LoRA on
+/// parts of a fused layer (GPT-2's q and v inside `c_attn`) is written as the equivalent LoRA of
+/// rank `Σ r` on the fused layer, B zero in the rows of the parts left out, with `rank_pattern`
+/// and `alpha_pattern` entries for it: the same function, loadable everywhere.
+pub fn save_adapter(dir: &Path, adapters: &LoraAdapters, info: &AdapterInfo) -> Result<()> {
+    let groups = crate::fused_parts::group_parts(&adapters.modules);
+    if groups.is_empty() {
+        return save_adapter_native(dir, adapters, info);
+    }
+    let c = &adapters.config;
+    let mut tensors = BTreeMap::new();
+    let mut fused_ranks: Vec<(usize, f64)> = Vec::new();
+    for (p, m) in &adapters.modules {
+        if m.part.is_some() || groups.contains_key(p) {
+            continue;
+        }
+        tensors.insert(format!("{PREFIX}{p}.lora_A.weight"), m.a.as_tensor().to_dtype(DType::F32)?);
+        tensors.insert(format!("{PREFIX}{p}.lora_B.weight"), m.b.as_tensor().to_dtype(DType::F32)?);
+    }
+    for (parent, parts) in &groups {
+        let full = adapters.modules.get(parent);
+        let d_out = full.map(|m| m.d_out()).unwrap_or_else(|| parts.iter().map(|(m, _)| m.d_out()).max().unwrap_or(0) * crate::fused_parts::PART_NAMES.len());
+        let e = crate::fused_parts::export_fused(full, parts, d_out, c.use_rslora)?;
+        tensors.insert(format!("{PREFIX}{parent}.lora_A.weight"), e.a);
+        tensors.insert(format!("{PREFIX}{parent}.lora_B.weight"), e.b);
+        fused_ranks.push((e.r, e.alpha));
+    }
+    let (r0, a0) = fused_ranks[0];
+    if fused_ranks.iter().any(|&(r, a)| r != r0 || (a - a0).abs() > 1e-12 * a0.abs().max(1.0)) {
+        return Err(PeftError::Invalid("the fused layers' parts differ in rank or alpha from layer to layer: PEFT's format cannot express that; use one rank and alpha for all".into()));
+    }
+    let mut cfg = adapter_config_json(adapters, info);
+    let fused_leaves = leaves(groups.keys());
+    let other_paths: Vec<&String> = adapters.modules.iter().filter(|(p, m)| m.part.is_none() && !groups.contains_key(*p)).map(|(p, _)| p).collect();
+    let mut targets = fused_leaves.clone();
+    targets.extend(leaves(other_paths.into_iter()));
+    targets.sort();
+    targets.dedup();
+    cfg["target_modules"] = json!(targets);
+    for leaf in &fused_leaves {
+        cfg["rank_pattern"][leaf] = json!(r0);
+        cfg["alpha_pattern"][leaf] = json!(a0);
+    }
+    write_folder(dir, tensors, &cfg)
 }
 
 /// A loaded adapter and what was noticed while reading it.
@@ -96,7 +165,7 @@ pub fn read_adapter_config(path: &Path) -> Result<(LoraConfig, Value, Vec<String
     let text = std::fs::read_to_string(path).map_err(|source| PeftError::Io { path: path.to_path_buf(), source })?;
     let v: Value = serde_json::from_str(&text).map_err(|source| PeftError::Json { path: path.to_path_buf(), source })?;
     let obj = v.as_object().ok_or_else(|| PeftError::InvalidConfig { path: path.to_path_buf(), reason: "not a JSON object".into() })?;
-    let mut warnings: Vec<String> = obj
+    let warnings: Vec<String> = obj
         .keys()
         .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
         .map(|k| format!("{}: unknown key `{k}` ignored", path.display()))
@@ -115,9 +184,6 @@ pub fn read_adapter_config(path: &Path) -> Result<(LoraConfig, Value, Vec<String
     };
     if v.get("use_dora").and_then(Value::as_bool).unwrap_or(false) {
         return Err(PeftError::InvalidConfig { path: path.to_path_buf(), reason: "use_dora = true is not supported yet".into() });
-    }
-    if v.get("fan_in_fan_out").and_then(Value::as_bool).unwrap_or(false) {
-        warnings.push(format!("{}: fan_in_fan_out = true (Conv1D layers) has no effect on Llama-family models", path.display()));
     }
     let map_usize = |key: &str| -> BTreeMap<String, usize> {
         v.get(key).and_then(Value::as_object).map(|o| o.iter().filter_map(|(k, x)| x.as_u64().map(|n| (k.clone(), n as usize))).collect()).unwrap_or_default()
@@ -157,6 +223,7 @@ pub fn load_adapter(dir: &Path, linear_modules: &[(String, usize, usize)], devic
     }
     let tensors = read_safetensors(&st_path, device, Some(DType::F32))?;
     let shapes: BTreeMap<&str, (usize, usize)> = linear_modules.iter().map(|(p, i, o)| (p.as_str(), (*i, *o))).collect();
+    let paths: Vec<&str> = linear_modules.iter().map(|(p, _, _)| p.as_str()).collect();
     let mut a_map = BTreeMap::new();
     let mut b_map = BTreeMap::new();
     for (key, t) in tensors {
@@ -194,7 +261,8 @@ pub fn load_adapter(dir: &Path, linear_modules: &[(String, usize, usize)], devic
         }
         let (_, alpha) = config.rank_alpha(&module)?;
         let scale = config.scale(r, alpha);
-        modules.insert(module.clone(), LoraModule { path: module, a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, r, alpha, scale });
+        let part = crate::fused_parts::part_of(&module, &paths);
+        modules.insert(module.clone(), LoraModule { path: module, a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, r, alpha, scale, part });
     }
     if let Some((_, (key, _))) = b_map.into_iter().next() {
         return Err(PeftError::MissingTensor { file: st_path.clone(), key: key.replace(".lora_B.", ".lora_A.") });

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use lowrank_models::weights::{read_safetensors, write_safetensors};
 use lowrank_models::{load_model, Llama, LoadedModel, PlainSite};
-use lowrank_peft::{load_adapter, save_adapter, LoraAdapters, LoraConfig, LoraSite, TargetSpec};
+use lowrank_peft::{load_adapter, save_adapter, AdapterInfo, LoraAdapters, LoraConfig, LoraSite, TargetSpec};
 use std::path::PathBuf;
 
 fn fx() -> PathBuf {
@@ -37,9 +37,9 @@ fn perturb(adapters: &LoraAdapters) {
 #[test]
 fn lora_is_an_exact_no_op_at_init() {
     let m = tiny();
-    let base = Llama::new(&m.config, &m.weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
+    let base = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
     let adapters = LoraAdapters::init(&all_linear(4), &m.config.linear_modules(), &Device::Cpu).unwrap();
-    let lora = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &Device::Cpu).unwrap();
+    let lora = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &Device::Cpu).unwrap();
     let out = lora.forward(&ids(), None, false).unwrap();
     assert_eq!(max_diff(&base, &out), 0.0);
     // A is initialised (kaiming-uniform bound 1/sqrt(d_in)), B is zero.
@@ -54,14 +54,14 @@ fn merged_equals_unmerged_and_unmerge_restores() {
     let mut m = tiny();
     let adapters = LoraAdapters::init(&all_linear(4), &m.config.linear_modules(), &Device::Cpu).unwrap();
     perturb(&adapters);
-    let unmerged = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
+    let unmerged = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
     let original = m.weights.get_any("model.layers.1.mlp.down_proj.weight").unwrap();
     adapters.merge_into(&mut m.weights).unwrap();
-    let merged = Llama::new(&m.config, &m.weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
+    let merged = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
     let d = max_diff(&merged, &unmerged);
     println!("merged vs unmerged: max |diff| = {d:e}");
     assert!(d < 1e-4, "{d}");
-    assert!(max_diff(&merged, &Llama::new(&m.config, &tiny().weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap()) > 1e-3);
+    assert!(max_diff(&merged, &Llama::new(m.config.as_llama().unwrap(), &tiny().weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap()) > 1e-3);
     adapters.unmerge_from(&mut m.weights).unwrap();
     assert!(max_diff(&m.weights.get_any("model.layers.1.mlp.down_proj.weight").unwrap(), &original) < 1e-6);
 }
@@ -72,7 +72,7 @@ fn dropout_only_in_training() {
     let cfg = LoraConfig { dropout: 0.5, ..all_linear(4) };
     let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &Device::Cpu).unwrap();
     perturb(&adapters);
-    let model = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &adapters, dropout: 0.5 }, &Device::Cpu).unwrap();
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.5 }, &Device::Cpu).unwrap();
     let eval1 = model.forward(&ids(), None, false).unwrap();
     let eval2 = model.forward(&ids(), None, false).unwrap();
     assert_eq!(max_diff(&eval1, &eval2), 0.0);
@@ -92,14 +92,14 @@ fn save_load_save_is_byte_identical() {
     perturb(&adapters);
     assert_eq!(adapters.modules["model.layers.0.mlp.down_proj"].r, 2);
     assert_eq!(adapters.modules["model.layers.0.self_attn.o_proj"].scale, 3.0 / 4.0);
-    save_adapter(&dir.path().join("a"), &adapters, "tiny", "CAUSAL_LM").unwrap();
+    save_adapter(&dir.path().join("a"), &adapters, &AdapterInfo::new("tiny", "CAUSAL_LM", false)).unwrap();
     let loaded = load_adapter(&dir.path().join("a"), &m.config.linear_modules(), &Device::Cpu).unwrap();
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     for (p, module) in &adapters.modules {
         let l = &loaded.adapters.modules[p];
         assert_eq!((l.r, l.scale), (module.r, module.scale), "{p}");
     }
-    save_adapter(&dir.path().join("b"), &loaded.adapters, "tiny", "CAUSAL_LM").unwrap();
+    save_adapter(&dir.path().join("b"), &loaded.adapters, &AdapterInfo::new("tiny", "CAUSAL_LM", false)).unwrap();
     for f in ["adapter_model.safetensors", "adapter_config.json"] {
         let a = std::fs::read(dir.path().join("a").join(f)).unwrap();
         let b = std::fs::read(dir.path().join("b").join(f)).unwrap();

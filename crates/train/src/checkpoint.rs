@@ -28,13 +28,14 @@ pub fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
 }
 
 /// Writes a checkpoint of `step` under `run_dir/checkpoints/`.
-pub fn save_checkpoint(run_dir: &Path, adapters: &LoraAdapters, opt: &AdamW, state: &TrainerState, base_model: &str) -> Result<PathBuf> {
+pub fn save_checkpoint(run_dir: &Path, adapters: &LoraAdapters, opt: &AdamW, state: &TrainerState, info: &lowrank_peft::AdapterInfo) -> Result<PathBuf> {
     let final_dir = checkpoint_dir(run_dir, state.step);
     let tmp = final_dir.with_extension("tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
-    lowrank_peft::save_adapter(&tmp, adapters, base_model, "CAUSAL_LM")?;
+    // The native form: parts of fused layers (GPT-2 q/v in c_attn) resume exactly.
+    lowrank_peft::save_adapter_native(&tmp, adapters, info)?;
     let mut moments = BTreeMap::new();
     for (i, (name, _)) in opt.vars.iter().enumerate() {
         moments.insert(format!("m.{name}"), opt.m[i].clone());

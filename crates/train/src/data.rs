@@ -27,17 +27,21 @@ pub struct TextPair {
     pub completion: String,
 }
 
-/// A tokenised example: `labels[i] = input_ids[i]` on completion tokens, `IGNORE_INDEX` on the prompt.
-#[derive(Debug, Clone, PartialEq)]
+/// A tokenised example. Decoder-only: `input_ids` is prompt + completion and
+/// `labels[i] = input_ids[i]` on completion tokens, `IGNORE_INDEX` on the prompt. Encoder–decoder
+/// (`seq2seq`): `input_ids` is the encoder input (the prompt) and `labels` the decoder targets.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Example {
     pub input_ids: Vec<u32>,
     pub labels: Vec<i64>,
+    pub seq2seq: bool,
 }
 
 impl Example {
     pub fn target_tokens(&self) -> usize {
         // Causal shift: label i is predicted from position i - 1, so label 0 never counts.
-        self.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count()
+        let skip = usize::from(!self.seq2seq);
+        self.labels.iter().skip(skip).filter(|&&l| l != IGNORE_INDEX).count()
     }
 }
 
@@ -184,8 +188,12 @@ pub struct Templater {
     pub completion_template: String,
     /// Append the tokenizer's end-of-sequence id to the completion.
     pub append_eos: bool,
-    /// Truncate examples to this many tokens (completion first kept).
+    /// Truncate examples to this many tokens (completion first kept); for an encoder–decoder,
+    /// the source and the target are each truncated to it.
     pub max_length: usize,
+    /// Encoder–decoder examples: the prompt (with EOS) feeds the encoder, the completion (with
+    /// EOS) is the decoder's target.
+    pub seq2seq: bool,
 }
 
 impl Templater {
@@ -201,13 +209,23 @@ impl Templater {
                 c.push(eos);
             }
         }
+        if self.seq2seq {
+            let mut input_ids = p;
+            if self.append_eos {
+                input_ids.extend(tok.eos_ids.first());
+            }
+            input_ids.truncate(self.max_length);
+            let mut labels: Vec<i64> = c.iter().map(|&x| x as i64).collect();
+            labels.truncate(self.max_length);
+            return Ok(Example { input_ids, labels, seq2seq: true });
+        }
         let mut input_ids = p.clone();
         input_ids.extend(&c);
         let mut labels: Vec<i64> = std::iter::repeat(IGNORE_INDEX).take(p.len()).collect();
         labels.extend(c.iter().map(|&x| x as i64));
         input_ids.truncate(self.max_length);
         labels.truncate(self.max_length);
-        Ok(Example { input_ids, labels })
+        Ok(Example { input_ids, labels, seq2seq: false })
     }
 }
 
@@ -229,7 +247,8 @@ pub fn encode_all(tok: &TextTokenizer, tpl: &Templater, pairs: &[TextPair], path
     Ok(out)
 }
 
-/// A padded batch: `input_ids, attention_mask: (b, t)` with `t` the longest member.
+/// A padded batch: `input_ids, attention_mask: (b, t)` with `t` the longest member; `labels`
+/// padded with `IGNORE_INDEX` (to `t`, or to the longest target for an encoder–decoder).
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub input_ids: Vec<u32>,
@@ -238,6 +257,8 @@ pub struct Batch {
     pub rows: usize,
     pub len: usize,
     pub target_tokens: usize,
+    /// Tokens the model reads (input tokens, plus decoder tokens for an encoder–decoder).
+    pub tokens: usize,
 }
 
 /// Pads `examples` on the right to their longest member.
@@ -247,14 +268,18 @@ pub fn collate(examples: &[&Example], pad_id: u32) -> Batch {
     let mut input_ids = Vec::with_capacity(rows * len);
     let mut attention_mask = Vec::with_capacity(rows * len);
     let mut labels = Vec::with_capacity(rows);
+    let seq2seq = examples.iter().any(|e| e.seq2seq);
+    let label_len = if seq2seq { examples.iter().map(|e| e.labels.len()).max().unwrap_or(0).max(1) } else { len };
     for e in examples {
         let pad = len - e.input_ids.len();
         input_ids.extend(e.input_ids.iter().copied().chain(std::iter::repeat(pad_id).take(pad)));
         attention_mask.extend(std::iter::repeat(1).take(e.input_ids.len()).chain(std::iter::repeat(0).take(pad)));
-        labels.push(e.labels.iter().copied().chain(std::iter::repeat(IGNORE_INDEX).take(pad)).collect());
+        let lpad = label_len.saturating_sub(e.labels.len());
+        labels.push(e.labels.iter().copied().chain(std::iter::repeat(IGNORE_INDEX).take(lpad)).collect());
     }
     let target_tokens = examples.iter().map(|e| e.target_tokens()).sum();
-    Batch { input_ids, attention_mask, labels, rows, len, target_tokens }
+    let tokens = examples.iter().map(|e| e.input_ids.len() + if e.seq2seq { e.labels.len() } else { 0 }).sum();
+    Batch { input_ids, attention_mask, labels, rows, len, target_tokens, tokens }
 }
 
 /// Order of examples in epoch `epoch`: shuffled with the seed, then grouped into batches of
@@ -287,8 +312,8 @@ mod tests {
 
     #[test]
     fn collate_pads_to_longest_and_masks_labels() {
-        let a = Example { input_ids: vec![5, 6, 7], labels: vec![-100, 6, 7] };
-        let b = Example { input_ids: vec![8], labels: vec![8] };
+        let a = Example { input_ids: vec![5, 6, 7], labels: vec![-100, 6, 7], seq2seq: false };
+        let b = Example { input_ids: vec![8], labels: vec![8], seq2seq: false };
         let batch = collate(&[&a, &b], 0);
         assert_eq!(batch.len, 3);
         assert_eq!(batch.input_ids, vec![5, 6, 7, 8, 0, 0]);
@@ -298,8 +323,20 @@ mod tests {
     }
 
     #[test]
+    fn seq2seq_collate_pads_targets_separately() {
+        let a = Example { input_ids: vec![5, 6, 7, 1], labels: vec![9, 1], seq2seq: true };
+        let b = Example { input_ids: vec![8, 1], labels: vec![4, 4, 4, 1], seq2seq: true };
+        let batch = collate(&[&a, &b], 0);
+        assert_eq!((batch.len, batch.rows), (4, 2));
+        assert_eq!(batch.input_ids, vec![5, 6, 7, 1, 8, 1, 0, 0]);
+        assert_eq!(batch.labels, vec![vec![9, 1, -100, -100], vec![4, 4, 4, 1]]);
+        assert_eq!(batch.target_tokens, 6);
+        assert_eq!(batch.tokens, 12);
+    }
+
+    #[test]
     fn epoch_order_is_deterministic_and_complete() {
-        let ex: Vec<Example> = (0..50).map(|i| Example { input_ids: vec![1; 1 + i % 7], labels: vec![1; 1 + i % 7] }).collect();
+        let ex: Vec<Example> = (0..50).map(|i| Example { input_ids: vec![1; 1 + i % 7], labels: vec![1; 1 + i % 7], seq2seq: false }).collect();
         let a = epoch_batches(&ex, 4, 7, 0);
         assert_eq!(a, epoch_batches(&ex, 4, 7, 0));
         assert_ne!(a, epoch_batches(&ex, 4, 7, 1));

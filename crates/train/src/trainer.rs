@@ -64,7 +64,8 @@ pub struct Trainer<'a> {
     pub pad_id: u32,
     /// Run folder for metrics.jsonl and checkpoints (None: nothing written).
     pub run_dir: Option<PathBuf>,
-    pub base_model_name: String,
+    /// What the checkpoints' adapter_config.json records (base model, task type, fan_in_fan_out).
+    pub adapter_info: lowrank_peft::AdapterInfo,
 }
 
 fn batch_tensors(b: &Batch, dev: &Device) -> Result<(Tensor, Tensor)> {
@@ -161,7 +162,7 @@ impl Trainer<'_> {
                 loss_sum += scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                 let store = scaled.backward()?;
                 accumulate(&mut grads, collect_grads(&vars, &store))?;
-                tokens += b.attention_mask.iter().filter(|&&m| m == 1).count();
+                tokens += b.tokens;
             }
             if !loss_sum.is_finite() {
                 return Err(TrainError::Diverged { step: step + 1, loss: loss_sum });
@@ -201,7 +202,7 @@ impl Trainer<'_> {
             obs.step(&log);
             if let Some(dir) = &self.run_dir {
                 if c.save_every > 0 && done % c.save_every == 0 && done < total {
-                    let p = save_checkpoint(dir, self.adapters, opt, &state, &self.base_model_name)?;
+                    let p = save_checkpoint(dir, self.adapters, opt, &state, &self.adapter_info)?;
                     obs.note(&format!("checkpoint {}", p.display()));
                 }
             }

@@ -47,7 +47,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 fn base_logits_match_transformers() {
     let g = golden();
     let m = load_model(&fixtures().join("hf"), &Device::Cpu, DType::F32).unwrap();
-    let model = Llama::new(&m.config, &m.weights, &PlainSite, &Device::Cpu).unwrap();
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap();
     let mask = &g["attention_mask"];
     let logits = model.forward(&g["input_ids"], Some(mask), false).unwrap();
     let (d, scale) = max_diff_masked(&logits, &g["base.logits"], &rows_i64(mask));
@@ -59,8 +59,8 @@ fn base_logits_match_transformers() {
 fn qwen2_logits_match_transformers() {
     let g = golden();
     let m = load_model(&fixtures().join("hf-qwen2"), &Device::Cpu, DType::F32).unwrap();
-    assert!(m.config.attention_bias && !m.config.tie_word_embeddings);
-    let model = Llama::new(&m.config, &m.weights, &PlainSite, &Device::Cpu).unwrap();
+    assert!(m.config.as_llama().unwrap().attention_bias && !m.config.tie_word_embeddings());
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap();
     let mask = &g["attention_mask"];
     let logits = model.forward(&g["input_ids"], Some(mask), false).unwrap();
     let (d, scale) = max_diff_masked(&logits, &g["qwen2.logits"], &rows_i64(mask));
@@ -73,7 +73,7 @@ fn check_adapter(dir: &str, prefix: &str) {
     let dev = Device::Cpu;
     let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
     let loaded = load_adapter(&fixtures().join(dir), &m.config.linear_modules(), &dev).unwrap();
-    let model = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &loaded.adapters, dropout: 0.0 }, &dev).unwrap();
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &loaded.adapters, dropout: 0.0 }, &dev).unwrap();
     let mask = &g["attention_mask"];
     let logits = model.forward(&g["input_ids"], Some(mask), false).unwrap();
     let (d, scale) = max_diff_masked(&logits, &g[&format!("{prefix}.logits")], &rows_i64(mask));
@@ -104,7 +104,7 @@ fn lora_gradients_and_three_adamw_steps_match_pytorch() {
     let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
     let loaded = load_adapter(&fixtures().join("peft-adapter"), &m.config.linear_modules(), &dev).unwrap();
     let adapters = loaded.adapters;
-    let model = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
     let mask = &g["attention_mask"];
     let labels = rows_i64(&g["labels"]);
     let vars: Vec<(String, candle_core::Var)> =
@@ -163,8 +163,8 @@ fn our_adapter_fixture_reproduces_its_recorded_logits() {
             let v: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.2).collect();
             module.b.set(&Tensor::from_vec(v, module.b.dims(), &dev).unwrap()).unwrap();
         }
-        lowrank_peft::save_adapter(&dir, &adapters, "tests/fixtures/tiny-llama/hf", "CAUSAL_LM").unwrap();
-        let model = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
+        lowrank_peft::save_adapter(&dir, &adapters, &lowrank_peft::AdapterInfo::new("tests/fixtures/tiny-llama/hf", "CAUSAL_LM", false)).unwrap();
+        let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
         let logits = model.forward(&g["input_ids"], Some(&g["attention_mask"]), false).unwrap();
         let mut t = BTreeMap::new();
         t.insert("logits".to_string(), logits);
@@ -172,7 +172,7 @@ fn our_adapter_fixture_reproduces_its_recorded_logits() {
     }
     let loaded = load_adapter(&dir, &m.config.linear_modules(), &dev).unwrap();
     assert_eq!(loaded.adapters.modules.len(), 14);
-    let model = Llama::new(&m.config, &m.weights, &LoraSite { adapters: &loaded.adapters, dropout: 0.0 }, &dev).unwrap();
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &loaded.adapters, dropout: 0.0 }, &dev).unwrap();
     let logits = model.forward(&g["input_ids"], Some(&g["attention_mask"]), false).unwrap();
     let recorded = read_safetensors(&dir.join("logits.safetensors"), &dev, None).unwrap();
     let d = max_abs_diff(&logits, &recorded["logits"]);

@@ -1,6 +1,6 @@
 //! Fused `softmax(scale · s + mask)` for attention scores, with an explicit backward.
 //! `scores: (b, x, r, t_k)` where row `r` is query position `r mod t_q` (grouped-query heads are
-//! stacked along `r`); the mask is causal (`key ≤ query + offset`) and drops padded keys of each
+//! stacked along `r`); the mask is causal (`key ≤ query + offset`) or not, and drops padded keys of each
 //! batch row. Backward: `ds = scale · p ⊙ (dp − Σ dp ⊙ p)`, from the saved probabilities only.
 use super::cpu_util::{f32_slice, fused_ok, msg};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
@@ -15,11 +15,14 @@ pub struct AttentionMask {
     pub offset: usize,
     /// Per batch row, per key: 1 = token, 0 = padding. None: no padding.
     pub key_keep: Option<Arc<Vec<Vec<u8>>>>,
+    /// Causal (`key ≤ query + offset`, decoder self-attention) or not (encoder self-attention
+    /// and cross-attention: only padding is masked).
+    pub causal: bool,
 }
 
 impl AttentionMask {
     fn allowed(&self, b: usize, q: usize, k: usize) -> bool {
-        k <= q + self.offset && self.key_keep.as_ref().map(|kk| kk[b].get(k).copied().unwrap_or(1) != 0).unwrap_or(true)
+        (!self.causal || k <= q + self.offset) && self.key_keep.as_ref().map(|kk| kk[b].get(k).copied().unwrap_or(1) != 0).unwrap_or(true)
     }
 
     /// The same mask as an additive tensor `(b, 1, 1, t_q, t_k)` (0 or the f32 minimum), for the

@@ -1,0 +1,52 @@
+//! One of the supported model families, built from a [`ModelConfig`].
+use crate::causal_lm::CausalLm;
+use crate::error::Result;
+use crate::gpt2::Gpt2;
+use crate::kv_cache::KvCache;
+use crate::linear_site::LinearSite;
+use crate::llama::Llama;
+use crate::model_config::ModelConfig;
+use crate::t5::T5;
+use crate::weights::Weights;
+use candle_core::{Device, Tensor};
+
+/// A built model of any supported family.
+pub enum AnyModel {
+    Llama(Llama),
+    Gpt2(Gpt2),
+    T5(T5),
+}
+
+impl AnyModel {
+    /// Builds the model of `config`'s family; every linear layer goes through `site`.
+    pub fn new(config: &ModelConfig, weights: &Weights, site: &dyn LinearSite, device: &Device) -> Result<Self> {
+        Ok(match config {
+            ModelConfig::Llama(c) => AnyModel::Llama(Llama::new(c, weights, site, device)?),
+            ModelConfig::Gpt2(c) => AnyModel::Gpt2(Gpt2::new(c, weights, site, device)?),
+            ModelConfig::T5(c) => AnyModel::T5(T5::new(c, weights, site, device)?),
+        })
+    }
+
+    fn inner(&self) -> &dyn CausalLm {
+        match self {
+            AnyModel::Llama(m) => m,
+            AnyModel::Gpt2(m) => m,
+            AnyModel::T5(m) => m,
+        }
+    }
+}
+
+impl CausalLm for AnyModel {
+    fn device(&self) -> &Device {
+        self.inner().device()
+    }
+    fn loss_sum(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: &[Vec<i64>], label_smoothing: f32, train: bool) -> Result<(Tensor, usize)> {
+        self.inner().loss_sum(input_ids, attention_mask, labels, label_smoothing, train)
+    }
+    fn next_logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor> {
+        self.inner().next_logits(input_ids, attention_mask, cache)
+    }
+    fn decoder_start_id(&self) -> Option<u32> {
+        self.inner().decoder_start_id()
+    }
+}

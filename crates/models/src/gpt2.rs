@@ -1,0 +1,205 @@
+//! Training-first GPT-2: learned positions, pre-LayerNorm blocks, fused `c_attn` (q|k|v),
+//! `gelu_new` MLP, output head tied to `wte`. Module paths are the Hugging Face names
+//! (`transformer.h.{i}.attn.c_attn`, ...); the Conv1D weights, stored `(d_in, d_out)` in
+//! checkpoints, arrive here already transposed to `(d_out, d_in)` (see the loader).
+use crate::causal_lm::CausalLm;
+use crate::error::{ModelError, Result};
+use crate::gpt2_config::Gpt2Config;
+use crate::kv_cache::KvCache;
+use crate::linear_site::{BaseLinear, LinearLayer, LinearSite};
+use crate::ops::{frozen_matmul, masked_softmax, AttentionMask};
+use crate::weights::Weights;
+use candle_core::{DType, Device, Tensor, D};
+use std::sync::Arc;
+
+/// LayerNorm with weight and bias over the last dimension (differentiable composition).
+/// `x: (..., d) -> (..., d)`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(weight)?.broadcast_add(bias)?)
+}
+
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+struct Block {
+    ln_1: Norm,
+    c_attn: Arc<dyn LinearLayer>,
+    attn_c_proj: Arc<dyn LinearLayer>,
+    ln_2: Norm,
+    c_fc: Arc<dyn LinearLayer>,
+    mlp_c_proj: Arc<dyn LinearLayer>,
+}
+
+/// A GPT-2 language model.
+pub struct Gpt2 {
+    pub config: Gpt2Config,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: Norm,
+}
+
+/// Position of every token of `mask: (b, t_total)` (1 = token) in columns `from..from + t`: the
+/// number of tokens before it in its row, as Hugging Face's `generate` derives position ids, so
+/// left padding starts at 0 (and right padding equals `0..t`).
+fn positions_from_mask(mask: &[Vec<u32>], from: usize, t: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(mask.len() * t);
+    for row in mask {
+        let mut seen = 0u32;
+        for (i, &m) in row.iter().enumerate().take(from + t) {
+            if i >= from {
+                out.push(seen);
+            }
+            seen += u32::from(m != 0);
+        }
+    }
+    out
+}
+
+impl Gpt2 {
+    /// Builds the model from `weights`; every linear layer goes through `site`.
+    pub fn new(config: &Gpt2Config, weights: &Weights, site: &dyn LinearSite, _device: &Device) -> Result<Self> {
+        let c = config;
+        let (d, ff) = (c.n_embd, c.n_inner);
+        let wte = weights.get("transformer.wte.weight", &[c.vocab_size, d])?;
+        let wpe = weights.get("transformer.wpe.weight", &[c.n_positions, d])?;
+        let norm = |p: String| -> Result<Norm> { Ok(Norm { weight: weights.get(&format!("{p}.weight"), &[d])?, bias: weights.get(&format!("{p}.bias"), &[d])? }) };
+        let linear = |path: String, d_in: usize, d_out: usize| -> Result<Arc<dyn LinearLayer>> {
+            let weight = weights.get(&format!("{path}.weight"), &[d_out, d_in])?;
+            let bias = Some(weights.get(&format!("{path}.bias"), &[d_out])?);
+            site.build(BaseLinear { path, weight, bias })
+        };
+        let mut blocks = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let p = format!("transformer.h.{i}");
+            blocks.push(Block {
+                ln_1: norm(format!("{p}.ln_1"))?,
+                c_attn: linear(format!("{p}.attn.c_attn"), d, 3 * d)?,
+                attn_c_proj: linear(format!("{p}.attn.c_proj"), d, d)?,
+                ln_2: norm(format!("{p}.ln_2"))?,
+                c_fc: linear(format!("{p}.mlp.c_fc"), d, ff)?,
+                mlp_c_proj: linear(format!("{p}.mlp.c_proj"), ff, d)?,
+            });
+        }
+        Ok(Self { config: c.clone(), wte, wpe, blocks, ln_f: norm("transformer.ln_f".into())? })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.wte.device()
+    }
+
+    /// Hidden states after `ln_f`: `input_ids: (b, t) -> (b, t, n_embd)`. `attention_mask:
+    /// (b, cached + t)` marks padding and sets the positions (see [`positions_from_mask`]).
+    fn forward_inner(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t) = input_ids.dims2()?;
+        let offset = cache.as_ref().map(|k| k.len()).unwrap_or(0);
+        let mask_rows: Option<Vec<Vec<u32>>> = match attention_mask {
+            Some(m) => Some(m.to_dtype(DType::U32)?.to_vec2::<u32>()?),
+            None => None,
+        };
+        let positions: Vec<u32> = match &mask_rows {
+            Some(rows) => {
+                if rows.len() != b || rows.iter().any(|r| r.len() != offset + t) {
+                    return Err(ModelError::Invalid(format!("attention_mask must be ({b}, {}), the cached plus new positions", offset + t)));
+                }
+                positions_from_mask(rows, offset, t)
+            }
+            None => (0..b).flat_map(|_| (offset..offset + t).map(|p| p as u32)).collect(),
+        };
+        if let Some(&p) = positions.iter().max() {
+            if p as usize >= c.n_positions {
+                return Err(ModelError::Invalid(format!("position {p} exceeds n_positions = {}", c.n_positions)));
+            }
+        }
+        let ids = input_ids.flatten_all()?.to_dtype(DType::U32)?;
+        let pos = Tensor::from_vec(positions, b * t, input_ids.device())?;
+        let mut h = (self.wte.index_select(&ids, 0)? + self.wpe.index_select(&pos, 0)?)?.reshape((b, t, c.n_embd))?;
+        let key_keep = mask_rows.map(|rows| Arc::new(rows.into_iter().map(|r| r.into_iter().map(|v| u8::from(v != 0)).collect()).collect()));
+        let mask = AttentionMask { t_q: t, offset, key_keep, causal: true };
+        if let Some(k) = cache.as_mut() {
+            if k.layers.len() < self.blocks.len() {
+                k.layers.resize(self.blocks.len(), None);
+            }
+        }
+        for (li, blk) in self.blocks.iter().enumerate() {
+            let x = layer_norm(&h, &blk.ln_1.weight, &blk.ln_1.bias, c.layer_norm_epsilon)?;
+            let slot = cache.as_mut().map(|k| &mut k.layers[li]);
+            let a = self.attention(blk, &x, &mask, train, slot)?;
+            h = (h + a)?;
+            let x = layer_norm(&h, &blk.ln_2.weight, &blk.ln_2.bias, c.layer_norm_epsilon)?;
+            let m = blk.mlp_c_proj.forward_t(&blk.c_fc.forward_t(&x, train)?.gelu()?, train)?;
+            h = (h + m)?;
+        }
+        layer_norm(&h, &self.ln_f.weight, &self.ln_f.bias, c.layer_norm_epsilon)
+    }
+
+    /// Causal self-attention over the fused projection: `x: (b, t, d) -> (b, t, d)`.
+    fn attention(&self, blk: &Block, x: &Tensor, mask: &AttentionMask, train: bool, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, d) = x.dims3()?;
+        let (nh, hd) = (c.n_head, c.head_dim());
+        let qkv = blk.c_attn.forward_t(x, train)?; // (b, t, 3d)
+        let split = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i * d, d)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?) };
+        let q = split(0)?;
+        let mut k = split(1)?;
+        let mut v = split(2)?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let scores = q.matmul(&k.t()?)?; // (b, nh, t, t_k)
+        let probs = masked_softmax(&scores, mask, 1.0 / (hd as f64).sqrt())?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        Ok(blk.attn_c_proj.forward_t(&ctx, train)?)
+    }
+
+    /// Hidden states for a full sequence (training, scoring): `(b, t) -> (b, t, n_embd)`.
+    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        self.forward_inner(input_ids, attention_mask, train, None)
+    }
+
+    /// `input_ids: (b, t) -> logits (b, t, vocab)`.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, attention_mask, train)?;
+        Ok(frozen_matmul(&h, &self.wte)?)
+    }
+}
+
+impl CausalLm for Gpt2 {
+    fn device(&self) -> &Device {
+        Gpt2::device(self)
+    }
+
+    fn loss_sum(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: &[Vec<i64>], label_smoothing: f32, train: bool) -> Result<(Tensor, usize)> {
+        let h = self.hidden_states(input_ids, attention_mask, train)?;
+        crate::causal_loss::shifted_loss_sum(&h, &self.wte, labels, label_smoothing)
+    }
+
+    fn next_logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.forward_inner(input_ids, attention_mask, false, Some(cache))?;
+        let t = h.dim(1)?;
+        Ok(frozen_matmul(&h.narrow(1, t - 1, 1)?.squeeze(1)?, &self.wte)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::positions_from_mask;
+
+    #[test]
+    fn positions_count_tokens_before() {
+        let m = vec![vec![0, 0, 1, 1, 1], vec![1, 1, 1, 1, 0]];
+        assert_eq!(positions_from_mask(&m, 0, 5), vec![0, 0, 0, 1, 2, 0, 1, 2, 3, 4]);
+        assert_eq!(positions_from_mask(&m, 4, 1), vec![2, 4]);
+    }
+}

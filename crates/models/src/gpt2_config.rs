@@ -1,0 +1,100 @@
+//! GPT-2 configuration from a Hugging Face `config.json` (`model_type = "gpt2"`).
+use crate::config::Keys;
+use crate::error::{ModelError, Result};
+use serde_json::Value;
+use std::path::Path;
+
+/// A GPT-2 decoder: learned positions, pre-LayerNorm blocks, fused `c_attn` (q|k|v), `gelu_new`
+/// MLP, output head tied to the token embeddings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_positions: usize,
+    /// MLP width (`n_inner`, default `4 · n_embd`).
+    pub n_inner: usize,
+    pub layer_norm_epsilon: f64,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+    /// The file as read, written back unchanged next to merged weights.
+    pub raw: Value,
+}
+
+/// The Conv1D layers of block `i`, whose checkpoint weights are stored `(d_in, d_out)`.
+pub fn gpt2_conv1d_paths(i: usize) -> [String; 4] {
+    let p = format!("transformer.h.{i}");
+    [format!("{p}.attn.c_attn"), format!("{p}.attn.c_proj"), format!("{p}.mlp.c_fc"), format!("{p}.mlp.c_proj")]
+}
+
+/// The parts of the fused `c_attn` output, as virtual module names under it: `c_attn.q`,
+/// `c_attn.k`, `c_attn.v` (the LoRA paper adapts q and v separately inside `c_attn`).
+pub const FUSED_QKV_PARTS: [&str; 3] = ["q", "k", "v"];
+
+impl Gpt2Config {
+    pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
+        let k = Keys { path, v };
+        let act = v.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
+        if act != "gelu_new" {
+            return Err(ModelError::Unsupported { path: path.to_path_buf(), reason: format!("activation_function `{act}` (supported: gelu_new)") });
+        }
+        for flag in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"] {
+            if k.bool_opt(flag).unwrap_or(false) {
+                return Err(ModelError::Unsupported { path: path.to_path_buf(), reason: format!("`{flag}: true` is not supported") });
+            }
+        }
+        if !k.bool_opt("scale_attn_weights").unwrap_or(true) {
+            return Err(ModelError::Unsupported { path: path.to_path_buf(), reason: "`scale_attn_weights: false` is not supported".into() });
+        }
+        let n_embd = k.usize_req("n_embd")?;
+        let n_head = k.usize_req("n_head")?;
+        if n_head == 0 || n_embd % n_head != 0 {
+            return Err(ModelError::Unsupported { path: path.to_path_buf(), reason: format!("n_embd = {n_embd} is not a multiple of n_head = {n_head}") });
+        }
+        Ok(Self {
+            vocab_size: k.usize_req("vocab_size")?,
+            n_embd,
+            n_layer: k.usize_req("n_layer")?,
+            n_head,
+            n_positions: k.usize_opt("n_positions").unwrap_or(1024),
+            n_inner: k.usize_opt("n_inner").unwrap_or(4 * n_embd),
+            layer_norm_epsilon: k.f64_opt("layer_norm_epsilon").unwrap_or(1e-5),
+            bos_token_id: k.ids("bos_token_id").first().copied(),
+            eos_token_ids: k.ids("eos_token_id"),
+            pad_token_id: k.ids("pad_token_id").first().copied(),
+            raw: v.clone(),
+        })
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+
+    /// Names of the weights stored transposed (Conv1D) in a checkpoint.
+    pub fn conv1d_weight_names(&self) -> Vec<String> {
+        (0..self.n_layer).flat_map(|i| gpt2_conv1d_paths(i).into_iter().map(|p| format!("{p}.weight"))).collect()
+    }
+
+    /// `(path, d_in, d_out)` of every adaptable linear layer, in model order, followed by the
+    /// virtual q/k/v parts of each fused `c_attn` (`transformer.h.{i}.attn.c_attn.q`, `(d, d)`).
+    pub fn linear_modules(&self) -> Vec<(String, usize, usize)> {
+        let (d, ff) = (self.n_embd, self.n_inner);
+        let mut out = Vec::new();
+        for i in 0..self.n_layer {
+            let [c_attn, c_proj, c_fc, mlp_proj] = gpt2_conv1d_paths(i);
+            out.push((c_attn, d, 3 * d));
+            out.push((c_proj, d, d));
+            out.push((c_fc, d, ff));
+            out.push((mlp_proj, ff, d));
+        }
+        for i in 0..self.n_layer {
+            let c_attn = format!("transformer.h.{i}.attn.c_attn");
+            for part in FUSED_QKV_PARTS {
+                out.push((format!("{c_attn}.{part}"), d, d));
+            }
+        }
+        out
+    }
+}
