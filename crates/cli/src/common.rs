@@ -1,7 +1,7 @@
 //! Shared pieces of the commands: opening a model (with an adapter), devices, number formats.
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use lowrank_models::{load_model, AnyModel, LoadedModel, PlainSite};
+use lowrank_models::{load_model, AnyModel, CausalLm, LoadedModel, PlainSite, TextTokenizer};
 use lowrank_peft::{load_adapter, LoraAdapters, LoraSite};
 use std::path::Path;
 
@@ -87,6 +87,16 @@ pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dty
         (None, _) => AnyModel::new(&loaded.config, &loaded.weights, &PlainSite, &dev)?,
     };
     Ok(Ready { loaded, model, adapters })
+}
+
+/// Token ids of a prompt as the model reads it: an encoder–decoder's encoder input ends with EOS
+/// (as T5's tokenizer adds `</s>`); a decoder-only prompt is left as it is.
+pub fn prompt_ids(model: &dyn CausalLm, tok: &TextTokenizer, text: &str) -> Result<Vec<u32>> {
+    let mut ids = tok.encode(text)?;
+    if model.decoder_start_id().is_some() {
+        ids.extend(tok.eos_ids.first());
+    }
+    Ok(ids)
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).

@@ -82,9 +82,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .iter()
             .map(|(p, _)| {
                 let text = a.template.replace("{prompt}", p);
-                tok.encode(&if a.chat { tok.chat_prompt(&text) } else { text })
+                crate::common::prompt_ids(&ready.model, tok, &if a.chat { tok.chat_prompt(&text) } else { text })
             })
-            .collect::<std::result::Result<_, _>>()?;
+            .collect::<Result<_>>()?;
         let outs = if a.beam > 1 {
             let p = BeamParams {
                 num_beams: a.beam,

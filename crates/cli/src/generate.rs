@@ -45,7 +45,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let ready = open_for_inference(&a.model, a.adapter.as_deref(), !a.no_merge, parse_dtype(&a.dtype)?)?;
     let tok = &ready.loaded.tokenizer;
     let text = if a.chat { tok.chat_prompt(&a.prompt) } else { a.prompt.clone() };
-    let ids = tok.encode(&text)?;
+    let ids = crate::common::prompt_ids(&ready.model, tok, &text)?;
     anyhow::ensure!(!ids.is_empty(), "the prompt is empty after tokenisation");
     let params = SamplingParams {
         max_new_tokens: a.max_new_tokens,

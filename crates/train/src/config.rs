@@ -127,11 +127,15 @@ pub struct ReportSection {
     pub max_new_tokens: usize,
     /// Wrap prompts in the tokenizer's chat template when generating samples.
     pub chat_template: bool,
+    /// Beam width for the samples (1: greedy).
+    pub num_beams: usize,
+    pub length_penalty: f64,
+    pub no_repeat_ngram_size: usize,
 }
 
 impl Default for ReportSection {
     fn default() -> Self {
-        Self { samples: 0, max_new_tokens: 48, chat_template: false }
+        Self { samples: 0, max_new_tokens: 48, chat_template: false, num_beams: 1, length_penalty: 1.0, no_repeat_ngram_size: 0 }
     }
 }
 
