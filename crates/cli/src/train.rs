@@ -26,6 +26,9 @@ pub struct TrainArgs {
     /// Continue a run from its newest checkpoint (a run folder or a checkpoint folder).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// The model to fine-tune (Hugging Face folder or .gguf file): shorthand for `--set model.path=...`.
+    #[arg(long)]
+    model: Option<PathBuf>,
 }
 
 fn spec(cfg: &RunConfig, target: &Option<String>) -> ReadSpec {
@@ -88,6 +91,12 @@ fn sample_outputs(model: &AnyModel, tok: &TextTokenizer, tpl: &Templater, cfg: &
     Ok(outs.iter().map(|o| tok.decode(o).map(|s| s.trim().to_string())).collect::<std::result::Result<_, _>>()?)
 }
 
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    let escaped: String = s.chars().flat_map(|c| match c { '"' => vec!['\\', '"'], '\\' => vec!['\\', '\\'], c => vec![c] }).collect();
+    format!("\"{escaped}\"")
+}
+
 fn default_run_dir() -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     PathBuf::from("runs").join(format!("run-{secs}"))
@@ -104,7 +113,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (None, Some(dir)) => dir.join("config.toml"),
         (None, None) => anyhow::bail!("--config is required (or --resume a run folder)"),
     };
-    let cfg = RunConfig::from_file(&config_path, &args.set)?;
+    let mut overrides = args.set.clone();
+    if let Some(m) = &args.model {
+        // A TOML string, so any path survives the override parser.
+        overrides.push(format!("model.path={}", toml_string(&m.display().to_string())));
+    }
+    let cfg = RunConfig::from_file(&config_path, &overrides)?;
     let run_dir = args
         .output
         .clone()
@@ -120,11 +134,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     // Configuration and data first: a bad file fails before the weights are loaded.
     let model_config = load_config(&model_path).with_context(|| format!("reading the configuration of {}", model_path.display()))?;
+    let mut max_length = cfg.data.max_length;
+    if !model_config.is_encoder_decoder() && max_length > model_config.max_positions() {
+        eprintln!("lowrank: warning: data.max_length = {max_length} exceeds the model's {} positions; examples are truncated to {}", model_config.max_positions(), model_config.max_positions());
+        max_length = model_config.max_positions();
+    }
     let tpl = Templater {
         prompt_template: cfg.data.prompt_template.clone(),
         completion_template: cfg.data.completion_template.clone(),
         append_eos: cfg.data.append_eos,
-        max_length: cfg.data.max_length,
+        max_length,
         seq2seq: model_config.is_encoder_decoder(),
     };
     let train_path = expand_path(&cfg.data.train);

@@ -1,41 +1,11 @@
 //! The real `lowrank` binary on the tiny fixture model, in temporary folders: train, resume,
 //! merge, generate, inspect, and every kind of bad input (one clear error line, exit ≠ 0).
+mod common;
+use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lowrank"));
-    c.env("RAYON_NUM_THREADS", "1");
-    c
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn tiny() -> PathBuf {
     root().join("tests/fixtures/tiny-llama/hf")
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("the binary runs")
-}
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "command failed: {stderr}");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Fails with exit code 1 and one `lowrank: error:` line containing every needle; no panic.
-fn fails_with(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let line = stderr.lines().find(|l| l.starts_with("lowrank: error:")).unwrap_or_else(|| panic!("no error line in: {stderr}"));
-    for n in needles {
-        assert!(line.contains(n), "error line lacks `{n}`: {line}");
-    }
 }
 
 /// A small E2E-style CSV (first `n` rows of the dev set).

@@ -1,0 +1,63 @@
+//! The shipped GPT-2 and T5 run files, end to end through the real binary on the tiny fixture
+//! models: train (a few steps), resume, merge to a Hugging Face folder, generate.
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn fixture(p: &str) -> PathBuf {
+    root().join("tests/fixtures").join(p)
+}
+
+/// Runs `config` with the tiny model for `steps` steps into `out`, with small data.
+fn train(config: &str, model: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut cmd = bin();
+    cmd.current_dir(root()).args(["train", "--config", config, "--model"]).arg(model).arg("--output").arg(out);
+    for s in extra {
+        cmd.args(["--set", s]);
+    }
+    ok(&run(&mut cmd))
+}
+
+#[test]
+fn gpt2_lora_paper_config_trains_resumes_merges_and_generates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-gpt2/hf");
+    let out = tmp.path().join("gpt2");
+    let small = ["train.steps=4", "train.warmup_steps=1", "train.lr=0.01", "train.save_every=2", "train.eval_every=2", "data.train_limit=16", "data.valid_limit=4", "report.samples=2", "report.max_new_tokens=6", "report.num_beams=3"];
+    train("configs/e2e-gpt2-lora-paper.toml", &model, &out, &small);
+    // The final adapter is PEFT's form (one fused c_attn LoRA of rank 2r), loadable by Python PEFT.
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["target_modules"], serde_json::json!(["c_attn"]));
+    assert_eq!((cfg["fan_in_fan_out"].as_bool(), cfg["rank_pattern"]["c_attn"].as_u64()), (Some(true), Some(8)));
+    // Checkpoints keep the q and v factors apart, so a resumed run continues exactly.
+    let ck: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/step-000002/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(ck["target_modules"], serde_json::json!(["q", "v"]));
+    let resumed = tmp.path().join("resumed");
+    std::fs::create_dir_all(resumed.join("checkpoints/step-000002")).unwrap();
+    for e in std::fs::read_dir(out.join("checkpoints/step-000002")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), resumed.join("checkpoints/step-000002").join(e.file_name())).unwrap();
+    }
+    std::fs::copy(out.join("config.toml"), resumed.join("config.toml")).unwrap();
+    ok(&run(bin().current_dir(root()).args(["train", "--resume"]).arg(&resumed)));
+    assert_eq!(
+        std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(resumed.join("adapter/adapter_model.safetensors")).unwrap(),
+        "resumed run ends with the same adapter"
+    );
+    // Merge and generate: merged weights give what the adapter gives.
+    let merged = tmp.path().join("merged");
+    ok(&run(bin().args(["merge", "--model"]).arg(&model).arg("--adapter").arg(out.join("adapter")).arg("--output").arg(&merged)));
+    let prompt = "name[Alimentum], area[city centre] ||";
+    let gen = |m: &Path, adapter: Option<&Path>| {
+        let mut c = bin();
+        c.args(["generate", "--model"]).arg(m).args(["--prompt", prompt, "--max-new-tokens", "10"]);
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a).arg("--no-merge");
+        }
+        ok(&run(&mut c))
+    };
+    assert_eq!(gen(&merged, None), gen(&model, Some(&out.join("adapter"))));
+    let inspect = ok(&run(bin().args(["inspect"]).arg(&model).args(["--lora", "r=4,targets=q,v"])));
+    assert!(inspect.contains("trainable params: 1,024 ||"), "{inspect}");
+}

@@ -1,0 +1,35 @@
+//! Helpers shared by the CLI tests: the binary, fixture paths, success and failure checks.
+#![allow(dead_code)]
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lowrank"));
+    c.env("RAYON_NUM_THREADS", "1");
+    c
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the binary runs")
+}
+
+pub fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "command failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Fails with exit code 1 and one `lowrank: error:` line containing every needle; no panic.
+pub fn fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("lowrank: error:")).unwrap_or_else(|| panic!("no error line in: {stderr}"));
+    for n in needles {
+        assert!(line.contains(n), "error line lacks `{n}`: {line}");
+    }
+}
