@@ -41,7 +41,8 @@ pub fn run(a: MergeArgs) -> Result<()> {
     let mut tensors = std::collections::BTreeMap::new();
     // In the checkpoint's own layout (GPT-2's Conv1D weights transposed back).
     for (k, t) in lowrank_models::loader::checkpoint_tensors(&loaded.config, &loaded.weights)? {
-        if k == "lm_head.weight" && loaded.config.tie_word_embeddings() {
+        // A tied Llama head (from GGUF) is not written; GPT-2 and T5 write what they loaded.
+        if k == "lm_head.weight" && loaded.config.as_llama().map(|c| c.tie_word_embeddings).unwrap_or(false) {
             continue;
         }
         tensors.insert(k, t.to_dtype(out_dtype)?);

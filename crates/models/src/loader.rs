@@ -52,13 +52,12 @@ pub fn normalize_weights(config: &ModelConfig, weights: &mut Weights) -> Result<
                 weights.tensors.insert(name, t);
             }
         }
-        ModelConfig::T5(c) => {
+        ModelConfig::T5(_) => {
+            // A separate `lm_head.weight` is kept whatever the config says: transformers 5 writes
+            // `tie_word_embeddings: true` next to FLAN-T5's own head.
             if weights.contains("shared.weight") {
                 weights.tensors.remove("encoder.embed_tokens.weight");
                 weights.tensors.remove("decoder.embed_tokens.weight");
-            }
-            if c.tie_word_embeddings {
-                weights.tensors.remove("lm_head.weight");
             }
         }
         ModelConfig::Llama(_) => {}

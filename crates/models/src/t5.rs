@@ -276,6 +276,7 @@ impl T5 {
 
     /// `softmax(q·kᵀ + bias + mask)·v` then `o`: `q: (b, h, t_q, d_kv)`, `k, v: (b, h, t_k, d_kv)`
     /// → `(b, t_q, d_model)`. No `1/sqrt(d)` scaling.
+    #[allow(clippy::too_many_arguments)]
     fn attend(&self, attn: &Attention, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, mask: &AttentionMask, train: bool) -> Result<Tensor> {
         let (b, h, t, dk) = q.dims4()?;
         let mut scores = q.matmul(&k.t()?)?; // (b, h, t_q, t_k)
@@ -478,10 +479,10 @@ impl T5 {
             None => {
                 let (b, s) = input_ids.dims2()?;
                 let keep = match key_keep(attention_mask)? {
-                    Some(k) => k.iter().map(|r| r.iter().copied().take(s).chain(std::iter::repeat(1)).take(s).collect()).collect(),
-                    None => vec![vec![1u8; s]; b],
+                    Some(k) if k.len() == b && k.iter().all(|r| r.len() == s) => k,
+                    Some(_) => return Err(ModelError::Invalid(format!("the prompt's attention mask must be ({b}, {s})"))),
+                    None => Arc::new(vec![vec![1u8; s]; b]),
                 };
-                let keep = Arc::new(keep);
                 let hidden = self.encode_keep(input_ids, Some(keep.clone()), false)?;
                 cache.layers = vec![None; self.decoder.len()];
                 cache.cross = vec![None; self.decoder.len()];

@@ -10,7 +10,8 @@ use std::path::Path;
 pub enum T5FeedForward {
     Relu,
     GatedGelu,
-    /// Ungated `wi → gelu_new → wo`.
+    /// Ungated `wi → GELU → wo`: `feed_forward_proj = "gelu"` (exact erf form) or `"gelu_new"`
+    /// (tanh form); the model reads which from the raw config.
     Gelu,
     /// Gated with ReLU (`gated-relu`).
     GatedRelu,
@@ -38,7 +39,8 @@ pub struct T5Config {
     pub layer_norm_epsilon: f64,
     pub feed_forward: T5FeedForward,
     /// v1.0: the output head is the embedding matrix and the decoder output is scaled by
-    /// `d_model^-0.5` first. v1.1 / FLAN-T5: a separate `lm_head.weight`, no scaling.
+    /// `d_model^-0.5` first. v1.1 / FLAN-T5: a separate `lm_head.weight`, no scaling. (Files
+    /// written by transformers 5 say `scale_decoder_outputs` instead; the model reads both.)
     pub tie_word_embeddings: bool,
     pub pad_token_id: u32,
     pub eos_token_id: u32,
