@@ -3,7 +3,6 @@
 use crate::common::{open_for_inference, parse_dtype};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lowrank_metrics::score_all;
 use lowrank_models::beam::{beam_search, BeamParams};
 use lowrank_models::generate::{generate, SamplingParams};
 use lowrank_models::weights::write_atomic;
@@ -16,9 +15,13 @@ pub struct EvalArgs {
     model: PathBuf,
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// CSV (or JSONL) with prompts and references, several references per prompt allowed.
+    /// CSV (or JSONL) with prompts and references, several references per prompt allowed; or the
+    /// source side of parallel text files (with --data-target).
     #[arg(long)]
     data: PathBuf,
+    /// Parallel text: the reference side, line-aligned with --data (may be .gz).
+    #[arg(long)]
+    data_target: Option<PathBuf>,
     #[arg(long, default_value = "mr")]
     prompt_column: String,
     #[arg(long, default_value = "ref")]
@@ -56,7 +59,8 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     anyhow::ensure!(a.beam >= 1, "--beam must be at least 1");
-    let spec = ReadSpec { format: DataFormat::Auto, prompt_column: a.prompt_column.clone(), completion_column: a.ref_column.clone(), target_file: None };
+    let format = if a.data_target.is_some() { DataFormat::Parallel } else { DataFormat::Auto };
+    let spec = ReadSpec { format, prompt_column: a.prompt_column.clone(), completion_column: a.ref_column.clone(), target_file: a.data_target.clone() };
     let pairs = read_pairs(&a.data, &spec)?;
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -111,8 +115,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     write_atomic(&a.output.join("hypotheses.txt"), (hyps.join("\n") + "\n").as_bytes())?;
     let refs_text: Vec<String> = refs.iter().map(|g| g.join("\n")).collect();
     write_atomic(&a.output.join("references.txt"), (refs_text.join("\n\n") + "\n").as_bytes())?;
-    let scores = score_all(&hyps, &refs, &a.metrics.options())?;
-    write_atomic(&a.output.join("scores.json"), serde_json::to_string_pretty(&scores)?.as_bytes())?;
+    let (json, text) = crate::score::compute(&hyps, &refs, &a.metrics)?;
+    write_atomic(&a.output.join("scores.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     eprintln!("{} prompts; outputs in {}", hyps.len(), a.output.display());
-    crate::score::print(&scores, "table")
+    print!("{text}");
+    Ok(())
 }

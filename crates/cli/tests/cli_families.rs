@@ -100,6 +100,16 @@ fn flan_t5_translation_config_trains_resumes_merges_and_generates() {
             ok(&run(&mut c))
         };
         let tuned = gen(&model, Some(&out.join("adapter")));
+        // Translation BLEU (sacrebleu's) on parallel test files, by beam search, with the adapter.
+        let ev = tmp.path().join(format!("{version}-eval"));
+        let text = ok(&run(bin().current_dir(root()).args(["eval", "--model"]).arg(&model).arg("--adapter").arg(out.join("adapter")).args([
+            "--data", "data/multi30k/test_2016_flickr.en.gz", "--data-target", "data/multi30k/test_2016_flickr.de.gz",
+            "--template", "translate English to German: {prompt}", "--metrics", "sacrebleu", "--beam", "2", "--max-new-tokens", "6", "--limit", "3", "--output",
+        ]).arg(&ev)));
+        assert!(text.contains("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"), "{text}");
+        let scores: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ev.join("scores.json")).unwrap()).unwrap();
+        assert!(scores["bleu"].as_f64().unwrap() >= 0.0 && scores["ref_len"].as_u64().unwrap() > 0);
+        assert_eq!(std::fs::read_to_string(ev.join("hypotheses.txt")).unwrap().lines().count(), 3);
         assert_eq!(gen(&merged, None), tuned, "{version}");
         if version == "v1_1" {
             // (The tiny v1.0 model repeats one token whatever the adapter does.)

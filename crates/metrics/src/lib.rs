@@ -44,6 +44,7 @@ pub mod ptb_tokenize;
 pub mod refs_io;
 pub mod report;
 pub mod rouge_l;
+pub mod sacrebleu;
 pub mod text;
 pub mod tokenize_13a;
 
@@ -55,6 +56,7 @@ pub use meteor::{Meteor, METEOR_DATA_ENV};
 pub use mteval::BleuNistMode;
 pub use refs_io::{read_hypotheses, read_references};
 pub use report::{format_table, Scores};
+pub use sacrebleu::SacreBleu;
 
 /// Where METEOR's resources come from.
 #[derive(Clone, Default)]
