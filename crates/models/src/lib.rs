@@ -17,6 +17,7 @@ pub mod llama;
 pub mod loader;
 pub mod model_config;
 pub mod ops;
+pub mod quantized_linear;
 pub mod t5;
 pub mod t5_config;
 pub mod tokenizer;

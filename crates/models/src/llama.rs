@@ -6,7 +6,7 @@ use crate::linear_site::{BaseLinear, LinearLayer, LinearSite};
 use crate::ops::rms_norm::rms_norm;
 use crate::ops::rope::rope;
 use crate::ops::swiglu::swiglu;
-use crate::ops::{frozen_matmul, masked_softmax, AttentionMask};
+use crate::ops::{masked_softmax, AttentionMask};
 use crate::weights::Weights;
 pub use crate::kv_cache::KvCache;
 use candle_core::{DType, Device, Tensor};
@@ -40,6 +40,9 @@ pub struct Llama {
     norm: Tensor,
     /// `(vocab, hidden)`: `lm_head.weight`, or the embedding matrix when tied.
     lm_head: Tensor,
+    /// The same head as a layer built through the site (quantized for fast decoding), for
+    /// inference logits; the training loss uses `lm_head` directly.
+    head: Arc<dyn LinearLayer>,
     /// `(max_pos, head_dim)` each.
     cos: Tensor,
     sin: Tensor,
@@ -116,7 +119,9 @@ impl Llama {
         let freqs = pos.broadcast_mul(&inv)?;
         let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
         let dtype = embed_tokens.dtype();
+        let head = site.build(BaseLinear { path: "lm_head".into(), weight: lm_head.clone(), bias: None })?;
         Ok(Self {
+            head,
             config: cfg.clone(),
             cos: freqs.cos()?.to_dtype(dtype)?,
             sin: freqs.sin()?.to_dtype(dtype)?,
@@ -239,7 +244,7 @@ impl Llama {
 
     /// Logits for every position: `hidden: (..., hidden) -> (..., vocab)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(frozen_matmul(hidden, &self.lm_head)?)
+        Ok(self.head.forward_t(hidden, false)?)
     }
 
     /// `input_ids: (b, t) -> logits (b, t, vocab)`.

@@ -130,3 +130,25 @@ pub fn group_parts(modules: &BTreeMap<String, LoraModule>) -> BTreeMap<String, V
     }
     out
 }
+
+/// Adapters over a quantized base (inference with an unmerged adapter): each frozen layer is
+/// quantized to `dtype` where its shape allows, and its LoRA branches (whole layer and parts)
+/// run in f32 beside it.
+pub struct QuantizedLoraSite<'a> {
+    pub adapters: &'a crate::lora::LoraAdapters,
+    pub dtype: candle_core::quantized::GgmlDType,
+}
+
+impl lowrank_models::LinearSite for QuantizedLoraSite<'_> {
+    fn build(&self, base: BaseLinear) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
+        let rng = self.adapters.dropout_rng.clone();
+        let mut layer = lowrank_models::quantized_linear::quantized_or_plain(base.clone(), self.dtype)?;
+        if let Some(m) = self.adapters.modules.get(&base.path) {
+            layer = parts_layer(&base, layer, vec![(m.clone(), 0)], 0.0, rng.clone());
+        }
+        if let Some(parts) = group_parts(&self.adapters.modules).remove(&base.path) {
+            layer = parts_layer(&base, layer, parts, 0.0, rng);
+        }
+        Ok(layer)
+    }
+}
