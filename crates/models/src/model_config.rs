@@ -58,6 +58,16 @@ impl ModelConfig {
         }
     }
 
+    /// PEFT's default LoRA targets for this family (`q_proj, v_proj`; GPT-2 `c_attn`; T5 `q, v`).
+    pub fn default_lora_targets(&self) -> Vec<String> {
+        let names: &[&str] = match self {
+            ModelConfig::Llama(_) => &["q_proj", "v_proj"],
+            ModelConfig::Gpt2(_) => &["c_attn"],
+            ModelConfig::T5(_) => &["q", "v"],
+        };
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
     /// `(path, d_in, d_out)` of every adaptable linear layer.
     pub fn linear_modules(&self) -> Vec<(String, usize, usize)> {
         match self {
