@@ -31,6 +31,9 @@ pub struct BenchGenerateArgs {
     /// Keep the adapter as a separate branch instead of merging it.
     #[arg(long)]
     unmerged: bool,
+    /// Quantize the frozen weights for decoding: none, q8_0, q4_0, q4_1, ...
+    #[arg(long, default_value = "none")]
+    quantize: String,
     /// Timed repetitions (after one warm-up).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -48,11 +51,17 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
     for m in adapters.modules.values() {
         m.b.set(&(candle_core::Tensor::ones(m.b.dims(), candle_core::DType::F32, &dev)? * 0.01)?)?;
     }
-    let model = if a.unmerged {
-        AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?
-    } else {
-        adapters.merge_into(&mut loaded.weights)?;
-        AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::PlainSite, &dev)?
+    let quant = lowrank_models::quantized_linear::parse_quantization(&a.quantize)?;
+    let model = match (a.unmerged, quant) {
+        (true, None) => AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?,
+        (true, Some(dtype)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_peft::QuantizedLoraSite { adapters: &adapters, dtype }, &dev)?,
+        (false, q) => {
+            adapters.merge_into(&mut loaded.weights)?;
+            match q {
+                None => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::PlainSite, &dev)?,
+                Some(dtype) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::quantized_linear::QuantizedSite { dtype }, &dev)?,
+            }
+        }
     };
     let vocab = loaded.config.vocab_size() as u64;
     let mut rng = lowrank_models::generate::SplitMix64(3);
@@ -71,7 +80,7 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
     let median = times[times.len() / 2];
     println!("{}", serde_json::json!({
         "bench": "generate", "model": a.model.display().to_string(), "prompt_tokens": a.prompt_tokens,
-        "new_tokens": a.new_tokens, "adapter": if a.unmerged { "unmerged" } else { "merged" },
+        "new_tokens": a.new_tokens, "adapter": if a.unmerged { "unmerged" } else { "merged" }, "quantize": a.quantize,
         "threads": candle_core::utils::get_num_threads(), "repeats": a.repeats,
         "tokens_per_s": a.new_tokens as f64 / median, "seconds": median,
         "seconds_min": times[0], "seconds_max": times[times.len() - 1], "peak_rss_mib": peak_rss_mib(),

@@ -65,8 +65,9 @@ pub struct Ready {
     pub adapters: Option<LoraAdapters>,
 }
 
-pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dtype: DType) -> Result<Ready> {
+pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dtype: DType, quantize: &str) -> Result<Ready> {
     let dev = device();
+    let quant = lowrank_models::quantized_linear::parse_quantization(quantize)?;
     let mut loaded = load_model(model, &dev, dtype).with_context(|| format!("loading model {}", model.display()))?;
     let adapters = match adapter {
         Some(dir) => {
@@ -78,13 +79,15 @@ pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dty
         }
         None => None,
     };
-    let model = match (&adapters, merge) {
-        (Some(a), true) => {
-            a.merge_into(&mut loaded.weights)?;
-            AnyModel::new(&loaded.config, &loaded.weights, &PlainSite, &dev)?
-        }
-        (Some(a), false) => AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: a, dropout: 0.0 }, &dev)?,
-        (None, _) => AnyModel::new(&loaded.config, &loaded.weights, &PlainSite, &dev)?,
+    if let (Some(a), true) = (&adapters, merge) {
+        a.merge_into(&mut loaded.weights)?;
+    }
+    let unmerged = adapters.as_ref().filter(|_| !merge);
+    let model = match (unmerged, quant) {
+        (Some(a), None) => AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: a, dropout: 0.0 }, &dev)?,
+        (Some(a), Some(q)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_peft::QuantizedLoraSite { adapters: a, dtype: q }, &dev)?,
+        (None, None) => AnyModel::new(&loaded.config, &loaded.weights, &PlainSite, &dev)?,
+        (None, Some(q)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::quantized_linear::QuantizedSite { dtype: q }, &dev)?,
     };
     Ok(Ready { loaded, model, adapters })
 }

@@ -55,6 +55,9 @@ pub struct EvalArgs {
     metrics: crate::score::MetricArgs,
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Quantize the frozen weights for decoding (faster, approximate): none, q8_0, q4_0, q4_1.
+    #[arg(long, default_value = "none")]
+    quantize: String,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -76,7 +79,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.limit > 0 {
         groups.truncate(a.limit);
     }
-    let ready = open_for_inference(&a.model, a.adapter.as_deref(), true, parse_dtype(&a.dtype)?)?;
+    let ready = open_for_inference(&a.model, a.adapter.as_deref(), true, parse_dtype(&a.dtype)?, &a.quantize)?;
     let tok = &ready.loaded.tokenizer;
     let bar = ProgressBar::new(groups.len() as u64);
     bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} prompts ETA {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));

@@ -33,6 +33,9 @@ pub struct GenerateArgs {
     no_merge: bool,
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Quantize the frozen weights for decoding (faster, approximate): none, q8_0, q4_0, q4_1.
+    #[arg(long, default_value = "none")]
+    quantize: String,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -42,7 +45,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(p) = a.top_p {
         anyhow::ensure!(p > 0.0 && p <= 1.0, "--top-p must be in (0, 1], got {p}");
     }
-    let ready = open_for_inference(&a.model, a.adapter.as_deref(), !a.no_merge, parse_dtype(&a.dtype)?)?;
+    let ready = open_for_inference(&a.model, a.adapter.as_deref(), !a.no_merge, parse_dtype(&a.dtype)?, &a.quantize)?;
     let tok = &ready.loaded.tokenizer;
     let text = if a.chat { tok.chat_prompt(&a.prompt) } else { a.prompt.clone() };
     let ids = crate::common::prompt_ids(&ready.model, tok, &text)?;
