@@ -3,7 +3,7 @@ use crate::common::{device, parse_dtype, peak_rss_mib};
 use anyhow::{Context, Result};
 use lowrank_models::{load_model, AnyModel, CausalLm};
 use lowrank_peft::{LoraAdapters, LoraConfig, LoraSite, TargetSpec};
-use lowrank_train::optim::{collect_grads, AdamW, AdamWParams};
+use lowrank_train::optim::{AdamW, AdamWParams};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -106,6 +106,9 @@ pub struct BenchTrainArgs {
     steps: usize,
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Activation checkpointing (recompute each layer in the backward).
+    #[arg(long)]
+    checkpoint: bool,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -117,13 +120,15 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let loaded = load_model(&a.model, &dev, parse_dtype(&a.dtype)?).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
     let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;
-    let model = AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?;
+    let mut model = AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?;
+    anyhow::ensure!(model.set_activation_checkpointing(a.checkpoint), "--checkpoint is only implemented for the Llama family");
     let vocab = loaded.config.vocab_size() as u64;
     let mut rng = lowrank_models::generate::SplitMix64(7);
     let ids: Vec<u32> = (0..a.batch * a.seq).map(|_| (rng.next_u64() % vocab) as u32).collect();
     let labels: Vec<Vec<i64>> = ids.chunks(a.seq).map(|r| r.iter().map(|&x| x as i64).collect()).collect();
     let input = candle_core::Tensor::from_vec(ids, (a.batch, a.seq), &dev)?;
     let vars = adapters.named_vars();
+    let var_list: Vec<candle_core::Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(vars.clone(), AdamWParams { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
     let mut times = Vec::new();
     let mut losses = Vec::new();
@@ -134,18 +139,14 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
     for i in 0..=a.steps {
         let t = Instant::now();
-        let (sum, n) = model.loss_sum(&input, None, &labels, 0.0, true)?;
-        let loss = (sum / n as f64)?;
+        // Every position but the first is a target: the loss is averaged over batch · (seq − 1).
+        let targets = a.batch * a.seq.saturating_sub(1);
+        let (loss, _, grads) = model.loss_and_grads(&input, None, &labels, 0.0, 1.0 / targets.max(1) as f64, &var_list)?;
         if debug_mem {
-            eprintln!("after forward: {} (peak {:.0} MiB)", rss(), peak_rss_mib());
+            eprintln!("after forward + backward: {} (peak {:.0} MiB)", rss(), peak_rss_mib());
         }
-        let store = loss.backward()?;
-        if debug_mem {
-            eprintln!("after backward: {} (peak {:.0} MiB)", rss(), peak_rss_mib());
-        }
-        let grads = collect_grads(&vars, &store);
         opt.step(&grads, 1e-4)?;
-        losses.push(loss.to_scalar::<f32>()?);
+        losses.push(loss as f32);
         if i > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -155,7 +156,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let line = serde_json::json!({
         "bench": "train",
         "model": a.model.display().to_string(),
-        "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets, "dtype": a.dtype,
+        "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets, "dtype": a.dtype, "activation_checkpointing": a.checkpoint,
         "threads": candle_core::utils::get_num_threads(),
         "steps": a.steps,
         "tokens_per_s": (a.batch * a.seq) as f64 / median,

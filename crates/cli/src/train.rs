@@ -173,7 +173,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let adapters = LoraAdapters::init(&lora_cfg, &loaded.config.linear_modules(), &dev)?;
     eprintln!("{}", trainable_line(adapters.trainable_parameters(), loaded.weights.parameter_count()));
     eprintln!("{} training examples, {} validation examples; run folder {}", train.len(), valid.len(), run_dir.display());
-    let model = AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: lora_cfg.dropout }, &dev)?;
+    let mut model = AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: lora_cfg.dropout }, &dev)?;
+    if !model.set_activation_checkpointing(cfg.train.activation_checkpointing) {
+        eprintln!("lowrank: warning: train.activation_checkpointing is only implemented for the Llama family; training without it");
+    }
 
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run folder {}", run_dir.display()))?;
     lowrank_models::weights::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;

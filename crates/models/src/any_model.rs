@@ -8,7 +8,7 @@ use crate::llama::Llama;
 use crate::model_config::ModelConfig;
 use crate::t5::T5;
 use crate::weights::Weights;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 
 /// A built model of any supported family.
 pub enum AnyModel {
@@ -25,6 +25,17 @@ impl AnyModel {
             ModelConfig::Gpt2(c) => AnyModel::Gpt2(Gpt2::new(c, weights, site, device)?),
             ModelConfig::T5(c) => AnyModel::T5(T5::new(c, weights, site, device)?),
         })
+    }
+
+    /// Turns activation checkpointing on or off; only the Llama family has it (false otherwise).
+    pub fn set_activation_checkpointing(&mut self, on: bool) -> bool {
+        match self {
+            AnyModel::Llama(m) => {
+                m.activation_checkpointing = on;
+                true
+            }
+            _ => !on,
+        }
     }
 
     fn inner(&self) -> &dyn CausalLm {
@@ -48,5 +59,8 @@ impl CausalLm for AnyModel {
     }
     fn decoder_start_id(&self) -> Option<u32> {
         self.inner().decoder_start_id()
+    }
+    fn loss_and_grads(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: &[Vec<i64>], label_smoothing: f32, scale: f64, vars: &[Var]) -> Result<(f64, usize, Vec<Option<Tensor>>)> {
+        self.inner().loss_and_grads(input_ids, attention_mask, labels, label_smoothing, scale, vars)
     }
 }

@@ -3,7 +3,7 @@
 //! encoder input and `labels` as the decoder targets, as Hugging Face's `model(input_ids, labels)`.
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 
 pub trait CausalLm: Send + Sync {
     fn device(&self) -> &Device;
@@ -19,6 +19,18 @@ pub trait CausalLm: Send + Sync {
     /// Encoder–decoder: the first call (empty cache) takes the prompt as encoder input and
     /// returns the logits after the decoder start token; later calls take decoder tokens.
     fn next_logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor>;
+
+    /// `scale · loss_sum` and its gradients with respect to `vars` (the trainable tensors), for a
+    /// training micro-step: `(scale · loss sum, tokens, gradient per var)`. Models that support
+    /// activation checkpointing override it.
+    #[allow(clippy::too_many_arguments)]
+    fn loss_and_grads(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: &[Vec<i64>], label_smoothing: f32, scale: f64, vars: &[Var]) -> Result<(f64, usize, Vec<Option<Tensor>>)> {
+        let (sum, n) = self.loss_sum(input_ids, attention_mask, labels, label_smoothing, true)?;
+        let scaled = (sum * scale)?;
+        let value = scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let store = scaled.backward()?;
+        Ok((value, n, vars.iter().map(|v| store.get(v.as_tensor()).cloned()).collect()))
+    }
 
     /// The decoder start token of an encoder–decoder model; `None` for a decoder-only model.
     fn decoder_start_id(&self) -> Option<u32> {
@@ -38,5 +50,16 @@ impl CausalLm for crate::llama::Llama {
     fn next_logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor> {
         let h = self.forward_cached(input_ids, attention_mask, cache)?;
         self.last_logits(&h)
+    }
+
+    fn loss_and_grads(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: &[Vec<i64>], label_smoothing: f32, scale: f64, vars: &[Var]) -> Result<(f64, usize, Vec<Option<Tensor>>)> {
+        if self.activation_checkpointing {
+            return self.loss_and_grads_checkpointed(input_ids, attention_mask, labels, label_smoothing, scale, vars);
+        }
+        let (sum, n) = self.loss_sum(input_ids, attention_mask, labels, label_smoothing, true)?;
+        let scaled = (sum * scale)?;
+        let value = scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let store = scaled.backward()?;
+        Ok((value, n, vars.iter().map(|v| store.get(v.as_tensor()).cloned()).collect()))
     }
 }

@@ -9,7 +9,7 @@ use crate::ops::swiglu::swiglu;
 use crate::ops::{masked_softmax, AttentionMask};
 use crate::weights::Weights;
 pub use crate::kv_cache::KvCache;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use std::sync::Arc;
 
 struct Attention {
@@ -35,6 +35,8 @@ struct DecoderLayer {
 /// A Llama-family causal language model.
 pub struct Llama {
     pub config: LlamaConfig,
+    /// Train with activation checkpointing (see [`Llama::loss_and_grads_checkpointed`]).
+    pub activation_checkpointing: bool,
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: Tensor,
@@ -121,6 +123,7 @@ impl Llama {
         let dtype = embed_tokens.dtype();
         let head = site.build(BaseLinear { path: "lm_head".into(), weight: lm_head.clone(), bias: None })?;
         Ok(Self {
+            activation_checkpointing: false,
             head,
             config: cfg.clone(),
             cos: freqs.cos()?.to_dtype(dtype)?,
@@ -161,10 +164,11 @@ impl Llama {
         out
     }
 
-    fn forward_inner(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool, cache: &mut Option<KvCache>) -> Result<Tensor> {
+    /// Token embeddings, attention mask and rotary tables for `input_ids: (b, t)` after `offset`
+    /// cached positions: `(h0: (b, t, hidden), mask, cos, sin)`.
+    fn prepare(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, offset: usize) -> Result<(Tensor, AttentionMask, Tensor, Tensor)> {
         let cfg = &self.config;
         let (b, t) = input_ids.dims2()?;
-        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         if offset + t > cfg.max_position_embeddings {
             return Err(crate::error::ModelError::Invalid(format!(
                 "sequence of {} tokens exceeds max_position_embeddings = {}",
@@ -173,7 +177,7 @@ impl Llama {
             )));
         }
         let ids = input_ids.flatten_all()?.to_dtype(DType::U32)?;
-        let mut h = self.embed_tokens.index_select(&ids, 0)?.reshape((b, t, cfg.hidden_size))?;
+        let h = self.embed_tokens.index_select(&ids, 0)?.reshape((b, t, cfg.hidden_size))?;
         let key_keep = match attention_mask {
             Some(m) => Some(std::sync::Arc::new(
                 m.to_dtype(DType::U32)?.to_vec2::<u32>()?.into_iter().map(|r| r.into_iter().map(|v| u8::from(v != 0)).collect()).collect(),
@@ -181,25 +185,81 @@ impl Llama {
             None => None,
         };
         let mask = AttentionMask { t_q: t, offset, key_keep, causal: true };
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
+        Ok((h, mask, self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?))
+    }
+
+    /// One decoder layer: `h: (b, t, hidden) -> (b, t, hidden)`.
+    #[allow(clippy::too_many_arguments)]
+    fn decoder_layer(&self, layer: &DecoderLayer, h: Tensor, mask: &AttentionMask, cos: &Tensor, sin: &Tensor, train: bool, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let x = rms_norm(&h, &layer.input_layernorm, eps)?;
+        let a = self.attention(&layer.self_attn, &x, mask, cos, sin, train, cache)?;
+        let h = (h + a)?;
+        let x = rms_norm(&h, &layer.post_attention_layernorm, eps)?;
+        let gate = layer.mlp.gate_proj.forward_t(&x, train)?;
+        let up = layer.mlp.up_proj.forward_t(&x, train)?;
+        let m = layer.mlp.down_proj.forward_t(&swiglu(&gate, &up)?, train)?;
+        Ok((h + m)?)
+    }
+
+    fn forward_inner(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool, cache: &mut Option<KvCache>) -> Result<Tensor> {
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let (mut h, mask, cos, sin) = self.prepare(input_ids, attention_mask, offset)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            let x = rms_norm(&h, &layer.input_layernorm, cfg.rms_norm_eps)?;
             let layer_cache = cache.as_mut().map(|c| {
                 if c.layers.len() < self.layers.len() {
                     c.layers.resize(self.layers.len(), None);
                 }
                 &mut c.layers[li]
             });
-            let a = self.attention(&layer.self_attn, &x, &mask, &cos, &sin, train, layer_cache)?;
-            h = (h + a)?;
-            let x = rms_norm(&h, &layer.post_attention_layernorm, cfg.rms_norm_eps)?;
-            let gate = layer.mlp.gate_proj.forward_t(&x, train)?;
-            let up = layer.mlp.up_proj.forward_t(&x, train)?;
-            let m = layer.mlp.down_proj.forward_t(&swiglu(&gate, &up)?, train)?;
-            h = (h + m)?;
+            h = self.decoder_layer(layer, h, &mask, &cos, &sin, train, layer_cache)?;
         }
-        Ok(rms_norm(&h, &self.norm, cfg.rms_norm_eps)?)
+        Ok(rms_norm(&h, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// The training loss and the gradients of `vars` with activation checkpointing: the forward
+    /// keeps only each layer's input; the backward recomputes one layer at a time and
+    /// back-propagates through it with the gradient of its output (`Σ out ⊙ g`), so activations
+    /// of a single layer are alive at once. Returns `(scale · loss sum, tokens, grads)`, equal to
+    /// back-propagating `scale · loss_sum` through the whole graph.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_and_grads_checkpointed(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: &[Vec<i64>], label_smoothing: f32, scale: f64, vars: &[Var]) -> Result<(f64, usize, Vec<Option<Tensor>>)> {
+        let (h0, mask, cos, sin) = self.prepare(input_ids, attention_mask, 0)?;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut h = h0.detach();
+        for layer in &self.layers {
+            inputs.push(h.clone());
+            h = self.decoder_layer(layer, h, &mask, &cos, &sin, true, None)?.detach();
+        }
+        let top = Var::from_tensor(&h)?;
+        let normed = rms_norm(top.as_tensor(), &self.norm, self.config.rms_norm_eps)?;
+        let (sum, n) = crate::causal_loss::shifted_loss_sum(&normed, &self.lm_head, labels, label_smoothing)?;
+        let scaled = (sum * scale)?;
+        let value = scaled.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        if n == 0 {
+            return Ok((value, n, grads));
+        }
+        let missing = || crate::error::ModelError::Invalid("activation checkpointing: no gradient reached a layer input".into());
+        let mut g = scaled.backward()?.get(top.as_tensor()).ok_or_else(missing)?.detach();
+        for (li, layer) in self.layers.iter().enumerate().rev() {
+            let x = Var::from_tensor(&inputs[li])?;
+            let out = self.decoder_layer(layer, x.as_tensor().clone(), &mask, &cos, &sin, true, None)?;
+            let store = (out * &g)?.sum_all()?.backward()?;
+            for (slot, v) in grads.iter_mut().zip(vars) {
+                if let Some(gv) = store.get(v.as_tensor()) {
+                    let gv = gv.detach();
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + gv)?,
+                        None => gv,
+                    });
+                }
+            }
+            if li > 0 {
+                g = store.get(x.as_tensor()).ok_or_else(missing)?.detach();
+            }
+        }
+        Ok((value, n, grads))
     }
 
     /// Grouped-query attention without repeating K/V: the `g = heads / kv_heads` query heads of

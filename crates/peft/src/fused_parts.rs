@@ -29,6 +29,8 @@ pub fn part_offset(m: &LoraModule, index: usize) -> usize {
 /// `y = W x + b + s_full·B A x + Σ_parts place_i(s_i · B_i A_i x)`, one dropout mask shared by
 /// the parts as in loralib. `x: (b, t, d_in) -> (b, t, d_out)`.
 pub struct PartsLoraLinear {
+    /// Module path of the fused layer (keys the dropout mask).
+    pub path: String,
     /// The base layer, or the base layer with a LoRA branch over the whole output.
     pub inner: Arc<dyn LinearLayer>,
     pub d_in: usize,
@@ -45,7 +47,7 @@ impl LinearLayer for PartsLoraLinear {
         let rows = x.elem_count() / self.d_in;
         let mut xa = x.reshape((rows, self.d_in))?;
         if train && self.dropout > 0.0 {
-            let mask = Tensor::from_vec(self.rng.mask(rows * self.d_in, self.dropout), (rows, self.d_in), x.device())?.to_dtype(x.dtype())?;
+            let mask = Tensor::from_vec(self.rng.mask(&self.path, rows * self.d_in, self.dropout), (rows, self.d_in), x.device())?.to_dtype(x.dtype())?;
             xa = (xa * mask)?;
         }
         let mut pieces = Vec::new();
@@ -71,7 +73,7 @@ impl LinearLayer for PartsLoraLinear {
 
 /// Builds the layer for `base` when adapters exist for its parts.
 pub fn parts_layer(base: &BaseLinear, inner: Arc<dyn LinearLayer>, parts: Vec<(LoraModule, usize)>, dropout: f64, rng: DropoutRng) -> Arc<dyn LinearLayer> {
-    Arc::new(PartsLoraLinear { inner, d_in: base.d_in(), d_out: base.d_out(), parts, dropout, rng })
+    Arc::new(PartsLoraLinear { path: base.path.clone(), inner, d_in: base.d_in(), d_out: base.d_out(), parts, dropout, rng })
 }
 
 /// One PEFT-loadable module that equals the whole-layer LoRA (if any) plus the parts of a fused

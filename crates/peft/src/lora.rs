@@ -8,7 +8,8 @@ use lowrank_models::generate::SplitMix64;
 use lowrank_models::{BaseLinear, LinearLayer, LinearSite, Weights};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// LoRA hyper-parameters (the `[lora]` section of a run file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,32 +123,30 @@ impl LoraModule {
     }
 }
 
-/// Shared state for adapter dropout: a seeded generator the trainer reseeds every micro-step so
-/// runs (and resumed runs) draw the same masks.
+/// Shared state for adapter dropout. The trainer reseeds it every micro-step; each adapted layer
+/// draws its mask from a generator seeded by `(seed, module path)`, so a mask does not depend on
+/// the order layers run in, and recomputing a layer (activation checkpointing) or resuming a run
+/// draws the same masks.
 #[derive(Clone)]
-pub struct DropoutRng(pub Arc<Mutex<SplitMix64>>);
+pub struct DropoutRng(pub Arc<AtomicU64>);
 
 impl DropoutRng {
     pub fn new(seed: u64) -> Self {
-        Self(Arc::new(Mutex::new(SplitMix64(seed))))
+        Self(Arc::new(AtomicU64::new(seed)))
     }
     pub fn reseed(&self, seed: u64) {
-        if let Ok(mut g) = self.0.lock() {
-            *g = SplitMix64(seed);
-        }
+        self.0.store(seed, Ordering::Relaxed);
     }
-    /// The mask a fresh generator draws (for tests that rebuild the same mask).
-    pub fn mask_for_test(&self, n: usize, p: f64) -> Vec<f32> {
-        self.mask(n, p)
+    /// The mask the layer at `path` draws (for tests that rebuild the same mask).
+    pub fn mask_for_test(&self, path: &str, n: usize, p: f64) -> Vec<f32> {
+        self.mask(path, n, p)
     }
 
-    /// Inverted-dropout mask of `n` values: 0 or `1/(1-p)`.
-    pub(crate) fn mask(&self, n: usize, p: f64) -> Vec<f32> {
+    /// Inverted-dropout mask of `n` values for the layer at `path`: 0 or `1/(1-p)`.
+    pub(crate) fn mask(&self, path: &str, n: usize, p: f64) -> Vec<f32> {
         let keep = 1.0 / (1.0 - p) as f32;
-        match self.0.lock() {
-            Ok(mut g) => (0..n).map(|_| if g.next_f64() < p { 0.0 } else { keep }).collect(),
-            Err(_) => vec![1.0; n],
-        }
+        let mut g = SplitMix64(self.0.load(Ordering::Relaxed) ^ fnv1a(path));
+        (0..n).map(|_| if g.next_f64() < p { 0.0 } else { keep }).collect()
     }
 }
 
@@ -254,7 +253,7 @@ impl LinearLayer for LoraLinear {
         let d_in = self.module.d_in();
         let rows = x.elem_count() / d_in;
         let mask = if train && self.dropout > 0.0 {
-            Some(Tensor::from_vec(self.rng.mask(rows * d_in, self.dropout), (rows, d_in), x.device())?.to_dtype(x.dtype())?)
+            Some(Tensor::from_vec(self.rng.mask(&self.module.path, rows * d_in, self.dropout), (rows, d_in), x.device())?.to_dtype(x.dtype())?)
         } else {
             None
         };

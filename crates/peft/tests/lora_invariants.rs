@@ -159,7 +159,7 @@ fn fused_lora_op_matches_the_composition_with_and_without_dropout() {
         adapters.dropout_rng.reseed(9);
         let fused = layer.forward_t(x.as_tensor(), train).unwrap();
         adapters.dropout_rng.reseed(9);
-        let mask = if train { Some(Tensor::from_vec(lowrank_peft::lora::DropoutRng::new(9).mask_for_test(6 * 64, 0.3), (6, 64), &dev).unwrap()) } else { None };
+        let mask = if train { Some(Tensor::from_vec(lowrank_peft::lora::DropoutRng::new(9).mask_for_test(&module.path, 6 * 64, 0.3), (6, 64), &dev).unwrap()) } else { None };
         let plain = layer.forward_composed(x.as_tensor(), mask.as_ref()).unwrap();
         assert!(max_diff(&fused, &plain) < 1e-5, "values differ (train {train})");
         let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();

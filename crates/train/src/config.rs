@@ -93,6 +93,9 @@ pub struct TrainSection {
     pub save_every: usize,
     /// Compute threads (0: all cores).
     pub threads: usize,
+    /// Keep only each layer's input in the forward and recompute layers in the backward: less
+    /// memory, about a third more time (Llama family).
+    pub activation_checkpointing: bool,
 }
 
 impl Default for TrainSection {
@@ -115,6 +118,7 @@ impl Default for TrainSection {
             eval_every: 0,
             save_every: 0,
             threads: 0,
+            activation_checkpointing: false,
         }
     }
 }

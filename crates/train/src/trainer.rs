@@ -5,7 +5,7 @@ use crate::checkpoint::{save_checkpoint, TrainerState};
 use crate::config::TrainSection;
 use crate::data::{collate, epoch_batches, Batch, Example};
 use crate::error::{Result, TrainError};
-use crate::optim::{accumulate, clip_grad_norm, collect_grads, learning_rate, AdamW, AdamWParams};
+use crate::optim::{accumulate, clip_grad_norm, learning_rate, AdamW, AdamWParams};
 use candle_core::{Device, Tensor};
 use lowrank_models::CausalLm;
 use lowrank_peft::LoraAdapters;
@@ -134,6 +134,7 @@ impl Trainer<'_> {
         let first = start.as_ref().map(|s| s.step).unwrap_or(0);
         let dev = self.model.device().clone();
         let vars = opt.vars.clone();
+        let var_list: Vec<candle_core::Var> = vars.iter().map(|(_, v)| v.clone()).collect();
         let mut metrics = match &self.run_dir {
             Some(dir) => Some(open_metrics(dir, first)?),
             None => None,
@@ -157,11 +158,9 @@ impl Trainer<'_> {
                 // Dropout masks are a function of (seed, step, micro-batch): resumable.
                 self.adapters.dropout_rng.reseed(c.seed ^ ((step * c.grad_accum + j) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
                 let (ids, mask) = batch_tensors(b, &dev)?;
-                let (sum, _) = self.model.loss_sum(&ids, Some(&mask), &b.labels, c.label_smoothing as f32, true)?;
-                let scaled = (sum / denom as f64)?;
-                loss_sum += scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-                let store = scaled.backward()?;
-                accumulate(&mut grads, collect_grads(&vars, &store))?;
+                let (value, _, g) = self.model.loss_and_grads(&ids, Some(&mask), &b.labels, c.label_smoothing as f32, 1.0 / denom as f64, &var_list)?;
+                loss_sum += value;
+                accumulate(&mut grads, g)?;
                 tokens += b.tokens;
             }
             if !loss_sum.is_finite() {
