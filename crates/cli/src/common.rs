@@ -102,6 +102,37 @@ pub fn prompt_ids(model: &dyn CausalLm, tok: &TextTokenizer, text: &str) -> Resu
     Ok(ids)
 }
 
+/// How outputs are decoded (shared by `eval` and the training samples).
+pub struct Decoding {
+    /// 1: greedy; more: beam search.
+    pub num_beams: usize,
+    pub max_new_tokens: usize,
+    pub length_penalty: f64,
+    pub no_repeat_ngram_size: usize,
+    pub early_stopping: bool,
+}
+
+/// New tokens for each prompt (EOS removed), by greedy decoding or beam search.
+pub fn decode(model: &dyn CausalLm, tok: &TextTokenizer, ids: &[Vec<u32>], d: &Decoding) -> Result<Vec<Vec<u32>>> {
+    use lowrank_models::beam::{beam_search, BeamParams};
+    use lowrank_models::generate::{generate, SamplingParams};
+    Ok(if d.num_beams > 1 {
+        let p = BeamParams {
+            num_beams: d.num_beams,
+            max_new_tokens: d.max_new_tokens,
+            min_new_tokens: 0,
+            length_penalty: d.length_penalty,
+            no_repeat_ngram_size: d.no_repeat_ngram_size,
+            early_stopping: d.early_stopping,
+            eos_ids: tok.eos_ids.clone(),
+        };
+        beam_search(model, ids, &p, tok.pad_id)?
+    } else {
+        let p = SamplingParams { max_new_tokens: d.max_new_tokens, stop_ids: tok.eos_ids.clone(), ..Default::default() };
+        generate(model, ids, &p, tok.pad_id)?
+    })
+}
+
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

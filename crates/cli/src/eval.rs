@@ -3,8 +3,6 @@
 use crate::common::{open_for_inference, parse_dtype};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lowrank_models::beam::{beam_search, BeamParams};
-use lowrank_models::generate::{generate, SamplingParams};
 use lowrank_models::weights::write_atomic;
 use lowrank_train::data::{read_pairs, DataFormat, ReadSpec};
 use std::path::PathBuf;
@@ -92,21 +90,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 crate::common::prompt_ids(&ready.model, tok, &if a.chat { tok.chat_prompt(&text) } else { text })
             })
             .collect::<Result<_>>()?;
-        let outs = if a.beam > 1 {
-            let p = BeamParams {
-                num_beams: a.beam,
-                max_new_tokens: a.max_new_tokens,
-                min_new_tokens: 0,
-                length_penalty: a.length_penalty,
-                no_repeat_ngram_size: a.no_repeat_ngram_size,
-                early_stopping: a.early_stopping,
-                eos_ids: tok.eos_ids.clone(),
-            };
-            beam_search(&ready.model, &ids, &p, tok.pad_id)?
-        } else {
-            let p = SamplingParams { max_new_tokens: a.max_new_tokens, stop_ids: tok.eos_ids.clone(), ..Default::default() };
-            generate(&ready.model, &ids, &p, tok.pad_id)?
-        };
+        let d = crate::common::Decoding { num_beams: a.beam, max_new_tokens: a.max_new_tokens, length_penalty: a.length_penalty, no_repeat_ngram_size: a.no_repeat_ngram_size, early_stopping: a.early_stopping };
+        let outs = crate::common::decode(&ready.model, tok, &ids, &d)?;
         for o in outs {
             hyps.push(tok.decode(&o)?.trim().replace('\n', " "));
         }

@@ -2,8 +2,6 @@
 use crate::common::{device, parse_dtype, trainable_line};
 use crate::progress::Bar;
 use anyhow::{Context, Result};
-use lowrank_models::beam::{beam_search, BeamParams};
-use lowrank_models::generate::{generate, SamplingParams};
 use lowrank_models::{load_config, load_model, AnyModel, TextTokenizer};
 use lowrank_peft::{AdapterInfo, LoraAdapters, LoraSite};
 use lowrank_train::checkpoint::{find_checkpoint, load_checkpoint};
@@ -73,21 +71,8 @@ fn sample_outputs(model: &AnyModel, tok: &TextTokenizer, tpl: &Templater, cfg: &
         })
         .collect::<Result<_>>()?;
     let r = &cfg.report;
-    let outs = if r.num_beams > 1 {
-        let p = BeamParams {
-            num_beams: r.num_beams,
-            max_new_tokens: r.max_new_tokens,
-            min_new_tokens: 0,
-            length_penalty: r.length_penalty,
-            no_repeat_ngram_size: r.no_repeat_ngram_size,
-            early_stopping: true,
-            eos_ids: tok.eos_ids.clone(),
-        };
-        beam_search(model, &ids, &p, tok.pad_id)?
-    } else {
-        let params = SamplingParams { max_new_tokens: r.max_new_tokens, stop_ids: tok.eos_ids.clone(), ..Default::default() };
-        generate(model, &ids, &params, tok.pad_id)?
-    };
+    let d = crate::common::Decoding { num_beams: r.num_beams, max_new_tokens: r.max_new_tokens, length_penalty: r.length_penalty, no_repeat_ngram_size: r.no_repeat_ngram_size, early_stopping: true };
+    let outs = crate::common::decode(model, tok, &ids, &d)?;
     Ok(outs.iter().map(|o| tok.decode(o).map(|s| s.trim().to_string())).collect::<std::result::Result<_, _>>()?)
 }
 

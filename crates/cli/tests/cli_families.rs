@@ -18,6 +18,16 @@ fn train(config: &str, model: &Path, out: &Path, extra: &[&str]) -> String {
     ok(&run(&mut cmd))
 }
 
+/// Greedy text from `model`, with `adapter` kept unmerged when given.
+fn generate(model: &Path, adapter: Option<&Path>, prompt: &str, n: usize) -> String {
+    let mut c = bin();
+    c.args(["generate", "--model"]).arg(model).args(["--prompt", prompt, "--max-new-tokens"]).arg(n.to_string());
+    if let Some(a) = adapter {
+        c.arg("--adapter").arg(a).arg("--no-merge");
+    }
+    ok(&run(&mut c))
+}
+
 #[test]
 fn gpt2_lora_paper_config_trains_resumes_merges_and_generates() {
     let tmp = tempfile::tempdir().unwrap();
@@ -33,13 +43,7 @@ fn gpt2_lora_paper_config_trains_resumes_merges_and_generates() {
     let ck: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/step-000002/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(ck["target_modules"], serde_json::json!(["q", "v"]));
     let resumed = tmp.path().join("resumed");
-    std::fs::create_dir_all(resumed.join("checkpoints/step-000002")).unwrap();
-    for e in std::fs::read_dir(out.join("checkpoints/step-000002")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), resumed.join("checkpoints/step-000002").join(e.file_name())).unwrap();
-    }
-    std::fs::copy(out.join("config.toml"), resumed.join("config.toml")).unwrap();
-    ok(&run(bin().current_dir(root()).args(["train", "--resume"]).arg(&resumed)));
+    resume_copy(&out, "step-000002", &resumed);
     assert_eq!(
         std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
         std::fs::read(resumed.join("adapter/adapter_model.safetensors")).unwrap(),
@@ -49,14 +53,7 @@ fn gpt2_lora_paper_config_trains_resumes_merges_and_generates() {
     let merged = tmp.path().join("merged");
     ok(&run(bin().args(["merge", "--model"]).arg(&model).arg("--adapter").arg(out.join("adapter")).arg("--output").arg(&merged)));
     let prompt = "name[Alimentum], area[city centre] ||";
-    let gen = |m: &Path, adapter: Option<&Path>| {
-        let mut c = bin();
-        c.args(["generate", "--model"]).arg(m).args(["--prompt", prompt, "--max-new-tokens", "10"]);
-        if let Some(a) = adapter {
-            c.arg("--adapter").arg(a).arg("--no-merge");
-        }
-        ok(&run(&mut c))
-    };
+    let gen = |m: &Path, adapter: Option<&Path>| generate(m, adapter, prompt, 10);
     assert_eq!(gen(&merged, None), gen(&model, Some(&out.join("adapter"))));
     let inspect = ok(&run(bin().args(["inspect"]).arg(&model).args(["--lora", "r=4,targets=q,v"])));
     assert!(inspect.contains("trainable params: 1,024 ||"), "{inspect}");
@@ -79,26 +76,13 @@ fn flan_t5_translation_config_trains_resumes_merges_and_generates() {
         assert!(l[3] < l[0], "{version}: loss did not go down: {l:?}");
         // Resume from step 2: the same final adapter.
         let resumed = tmp.path().join(format!("{version}-resumed"));
-        std::fs::create_dir_all(resumed.join("checkpoints/step-000002")).unwrap();
-        for e in std::fs::read_dir(out.join("checkpoints/step-000002")).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), resumed.join("checkpoints/step-000002").join(e.file_name())).unwrap();
-        }
-        std::fs::copy(out.join("config.toml"), resumed.join("config.toml")).unwrap();
-        ok(&run(bin().current_dir(root()).args(["train", "--resume"]).arg(&resumed)));
+        resume_copy(&out, "step-000002", &resumed);
         assert_eq!(std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(), std::fs::read(resumed.join("adapter/adapter_model.safetensors")).unwrap());
         // Merge to a Hugging Face folder; generation from it equals generation with the adapter.
         let merged = tmp.path().join(format!("{version}-merged"));
         ok(&run(bin().args(["merge", "--model"]).arg(&model).arg("--adapter").arg(out.join("adapter")).arg("--output").arg(&merged)));
         let prompt = "translate English to German: A man in a blue shirt is standing on a ladder.";
-        let gen = |m: &Path, adapter: Option<&Path>| {
-            let mut c = bin();
-            c.args(["generate", "--model"]).arg(m).args(["--prompt", prompt, "--max-new-tokens", "8"]);
-            if let Some(a) = adapter {
-                c.arg("--adapter").arg(a).arg("--no-merge");
-            }
-            ok(&run(&mut c))
-        };
+        let gen = |m: &Path, adapter: Option<&Path>| generate(m, adapter, prompt, 8);
         let tuned = gen(&model, Some(&out.join("adapter")));
         // Translation BLEU (sacrebleu's) on parallel test files, by beam search, with the adapter.
         let ev = tmp.path().join(format!("{version}-eval"));

@@ -5,6 +5,9 @@
 //! decoder logits and losses of the base model; greedy decoding and beam search against HF
 //! `generate`, with the PEFT adapter merged into the weights (the LoRA parity itself is in
 //! crates/train/tests/parity_t5.rs).
+#[path = "../../train/tests/common/mod.rs"]
+mod common;
+use common::{max_abs, max_abs_diff, max_diff_labelled, rows_i64};
 use candle_core::{DType, Device, Tensor};
 use lowrank_models::beam::{beam_search, BeamParams};
 use lowrank_models::generate::{generate, SamplingParams};
@@ -24,10 +27,6 @@ fn fx(version: &str) -> PathBuf {
 
 fn golden(version: &str) -> BTreeMap<String, Tensor> {
     read_safetensors(&fx(version).join("golden.safetensors"), &Device::Cpu, None).unwrap()
-}
-
-fn rows_i64(t: &Tensor) -> Vec<Vec<i64>> {
-    t.to_vec2::<i64>().unwrap()
 }
 
 fn row(g: &BTreeMap<String, Tensor>, key: &str) -> Vec<u32> {
@@ -60,32 +59,6 @@ fn model(version: &str, merged: bool) -> T5 {
         assert_eq!(n, 12, "q and v of 2 encoder self-attention, 2 decoder self- and 2 cross-attention layers");
     }
     T5::new(&cfg, &w, &PlainSite, &Device::Cpu).unwrap()
-}
-
-/// Max |a − b| over the decoder positions with a label, and max |b| there.
-fn max_diff_labelled(a: &Tensor, b: &Tensor, labels: &[Vec<i64>]) -> (f32, f32) {
-    let a = a.to_vec3::<f32>().unwrap();
-    let b = b.to_vec3::<f32>().unwrap();
-    let (mut d, mut m) = (0f32, 0f32);
-    for (bi, r) in labels.iter().enumerate() {
-        for (ti, &l) in r.iter().enumerate() {
-            if l != -100 {
-                for (x, y) in a[bi][ti].iter().zip(&b[bi][ti]) {
-                    d = d.max((x - y).abs());
-                    m = m.max(y.abs());
-                }
-            }
-        }
-    }
-    (d, m)
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    max_abs(&(a - b).unwrap())
 }
 
 #[test]

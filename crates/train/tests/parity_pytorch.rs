@@ -1,7 +1,9 @@
 //! Parity with PyTorch + transformers + PEFT on the tiny random Llama of tests/fixtures/tiny-llama
 //! (regenerate with `python3 scripts/make_fixtures.py`): logits, loss, every LoRA gradient and
 //! the parameters after 3 AdamW steps.
+mod common;
 use candle_core::{DType, Device, Tensor};
+use common::*;
 use lowrank_models::weights::read_safetensors;
 use lowrank_models::{load_model, Llama, PlainSite};
 use lowrank_peft::{load_adapter, LoraSite};
@@ -10,37 +12,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama")
+    fixture_dir("tiny-llama")
 }
 
 fn golden() -> BTreeMap<String, Tensor> {
-    read_safetensors(&fixtures().join("golden.safetensors"), &Device::Cpu, None).unwrap()
-}
-
-fn rows_i64(t: &Tensor) -> Vec<Vec<i64>> {
-    t.to_vec2::<i64>().unwrap()
-}
-
-/// Max |a − b| over positions whose attention mask is 1, and max |b| for a relative figure.
-fn max_diff_masked(a: &Tensor, b: &Tensor, mask: &[Vec<i64>]) -> (f32, f32) {
-    let a = a.to_dtype(DType::F32).unwrap().to_vec3::<f32>().unwrap();
-    let b = b.to_vec3::<f32>().unwrap();
-    let (mut d, mut m) = (0f32, 0f32);
-    for (bi, row) in mask.iter().enumerate() {
-        for (ti, &keep) in row.iter().enumerate() {
-            if keep == 1 {
-                for (x, y) in a[bi][ti].iter().zip(&b[bi][ti]) {
-                    d = d.max((x - y).abs());
-                    m = m.max(y.abs());
-                }
-            }
-        }
-    }
-    (d, m)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    read_golden(&fixtures().join("golden.safetensors"))
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! separate lm_head; regenerate with `python3 scripts/make_fixtures_gpt2_t5.py`): logits and
 //! losses (with and without label smoothing) with PEFT-written adapters, every LoRA gradient and
 //! the parameters after 3 AdamW steps. The batch has a padded encoder row and a padded label row.
+mod common;
+use common::{max_abs, max_diff_labelled, rows_i64};
 use candle_core::{DType, Device, Tensor};
 use lowrank_models::t5::T5;
 use lowrank_models::t5_config::T5Config;
@@ -29,34 +31,8 @@ fn base(version: &str) -> (T5Config, Weights) {
     (cfg, load_hf_weights(&dir, &Device::Cpu, DType::F32).unwrap())
 }
 
-fn rows_i64(t: &Tensor) -> Vec<Vec<i64>> {
-    t.to_vec2::<i64>().unwrap()
-}
-
 fn scalar(g: &BTreeMap<String, Tensor>, key: &str) -> f32 {
     g[key].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]
-}
-
-/// Max |a − b| over the decoder positions with a label, and max |b| there.
-fn max_diff_labelled(a: &Tensor, b: &Tensor, labels: &[Vec<i64>]) -> (f32, f32) {
-    let a = a.to_vec3::<f32>().unwrap();
-    let b = b.to_vec3::<f32>().unwrap();
-    let (mut d, mut m) = (0f32, 0f32);
-    for (bi, r) in labels.iter().enumerate() {
-        for (ti, &l) in r.iter().enumerate() {
-            if l != -100 {
-                for (x, y) in a[bi][ti].iter().zip(&b[bi][ti]) {
-                    d = d.max((x - y).abs());
-                    m = m.max(y.abs());
-                }
-            }
-        }
-    }
-    (d, m)
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 fn check_adapter(version: &str, dir: &str, prefix: &str, n_modules: usize) {

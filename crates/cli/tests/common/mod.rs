@@ -1,6 +1,6 @@
 //! Helpers shared by the CLI tests: the binary, fixture paths, success and failure checks.
 #![allow(dead_code)]
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn bin() -> Command {
@@ -32,4 +32,18 @@ pub fn fails_with(out: &Output, needles: &[&str]) {
     for n in needles {
         assert!(line.contains(n), "error line lacks `{n}`: {line}");
     }
+}
+
+/// Copies checkpoint `step` (e.g. `step-000002`) of the run in `out`, with its config.toml, into
+/// the fresh run folder `resumed`, and continues training there with `--resume`.
+pub fn resume_copy(out: &Path, step: &str, resumed: &Path) {
+    let from = out.join("checkpoints").join(step);
+    let to = resumed.join("checkpoints").join(step);
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(&from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    std::fs::copy(out.join("config.toml"), resumed.join("config.toml")).unwrap();
+    ok(&run(bin().current_dir(root()).args(["train", "--resume"]).arg(resumed)));
 }

@@ -39,6 +39,12 @@ pub fn max_diff_masked(a: &Tensor, b: &Tensor, mask: &[Vec<i64>]) -> (f32, f32) 
     (d, m)
 }
 
+/// Max |a − b| over decoder positions with a label (not -100), and max |b| there.
+pub fn max_diff_labelled(a: &Tensor, b: &Tensor, labels: &[Vec<i64>]) -> (f32, f32) {
+    let mask: Vec<Vec<i64>> = labels.iter().map(|r| r.iter().map(|&l| i64::from(l != -100)).collect()).collect();
+    max_diff_masked(a, b, &mask)
+}
+
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
