@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import math
 import os
 import sys
@@ -301,17 +302,23 @@ def build_gpt2(config, seed: int):
     return model
 
 
-def save_gpt2(model, out_dir: Path) -> None:
+def save_pretrained(model, out_dir: Path, generation: dict, config_overrides: dict) -> None:
+    """save_pretrained with a fixed generation config, the legacy `torch_dtype` key and overrides."""
     from transformers import GenerationConfig
 
     model.config._name_or_path = out_dir.name
-    model.generation_config = GenerationConfig(bos_token_id=EOT_ID, eos_token_id=EOT_ID, pad_token_id=EOT_ID)
+    model.generation_config = GenerationConfig(**generation)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     cfg_path = out_dir / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["torch_dtype"] = "float32"
     cfg.setdefault("dtype", "float32")
+    cfg.update(config_overrides)
     write_json(cfg_path, cfg)
+
+
+def save_gpt2(model, out_dir: Path) -> None:
+    save_pretrained(model, out_dir, dict(bos_token_id=EOT_ID, eos_token_id=EOT_ID, pad_token_id=EOT_ID), {})
 
 
 def gpt2_manual_forward(model, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
@@ -355,7 +362,7 @@ def build_gpt2_fixtures() -> dict:
     fix, hf_dir = GPT2_FIX, GPT2_FIX / "hf"
     ad_dir, ad_all_dir = fix / "peft-adapter", fix / "peft-adapter-all"
     rel = "tests/fixtures/tiny-gpt2/hf"
-    reset_dir(fix)
+    reset_keeping_ours(fix)
 
     log("== tiny-gpt2: tokenizer + hf/")
     tok = train_gpt2_tokenizer()
@@ -685,19 +692,9 @@ def build_t5(config, version: str, seed: int):
 
 
 def save_t5(model, out_dir: Path, version: str) -> None:
-    from transformers import GenerationConfig
-
-    model.config._name_or_path = out_dir.name
-    model.generation_config = GenerationConfig(decoder_start_token_id=T5_PAD, eos_token_id=T5_EOS, pad_token_id=T5_PAD)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    cfg_path = out_dir / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["torch_dtype"] = "float32"
-    cfg.setdefault("dtype", "float32")
     # legacy meaning (what real T5 configs and v4-style parsers use): tied + scaled for v1.0, untied for v1.1
-    cfg["tie_word_embeddings"] = version == "v1_0"
-    cfg["scale_decoder_outputs"] = version == "v1_0"
-    write_json(cfg_path, cfg)
+    legacy = {"tie_word_embeddings": version == "v1_0", "scale_decoder_outputs": version == "v1_0"}
+    save_pretrained(model, out_dir, dict(decoder_start_token_id=T5_PAD, eos_token_id=T5_EOS, pad_token_id=T5_PAD), legacy)
 
 
 def relative_bucket_by_hand(rel: int, bidirectional: bool, num_buckets: int, max_distance: int) -> int:
@@ -747,7 +744,7 @@ def build_t5_version(tok, vocab_size: int, version: str, seed: int, batch) -> di
     fix = T5_FIX / version
     hf_dir, ad_dir, ad_all_dir = fix / "hf", fix / "peft-adapter", fix / "peft-adapter-all"
     rel = f"tests/fixtures/tiny-t5/{version}/hf"
-    reset_dir(fix)
+    reset_keeping_ours(fix)
     log(f"== tiny-t5/{version}: hf/")
     hf_dir.mkdir(parents=True)
     save_t5_tokenizer(tok, hf_dir)
@@ -865,10 +862,24 @@ def build_t5_version(tok, vocab_size: int, version: str, seed: int, batch) -> di
                 st_keys=sorted(sd_file))
 
 
+def reset_keeping_ours(fix: Path) -> None:
+    """Empties `fix` except the `ours-*` adapters lowrank writes (crates/train/tests/ours_adapters.rs,
+    LOWRANK_WRITE_FIXTURES=1), which scripts/check_ours_gpt2_t5.py checks against PEFT."""
+    if not fix.exists():
+        fix.mkdir(parents=True)
+        return
+    for p in fix.iterdir():
+        if p.name.startswith("ours-") or (p.is_dir() and any(c.name.startswith("ours-") for c in p.iterdir())):
+            if p.is_dir() and not p.name.startswith("ours-"):
+                reset_keeping_ours(p)
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def build_t5_fixtures() -> dict:
     from transformers.models.t5.modeling_t5 import T5Attention
 
-    reset_dir(T5_FIX)
+    reset_keeping_ours(T5_FIX)
     log("== tiny-t5: tokenizer")
     tok = train_t5_tokenizer()
     vocab_size = tok.get_vocab_size()
