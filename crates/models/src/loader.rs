@@ -26,6 +26,9 @@ pub struct LoadedModel {
 
 /// Reads only the configuration (cheap: no tensor data).
 pub fn load_config(path: &Path) -> Result<ModelConfig> {
+    if !path.exists() {
+        return Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "model path does not exist")));
+    }
     if is_gguf(path) {
         Ok(ModelConfig::Llama(GgufFile::open(path)?.config()?))
     } else {
