@@ -1,5 +1,5 @@
 //! `lowrank bench train`: median LoRA training-step time on synthetic tokens, as one JSON line.
-use crate::common::{device, parse_dtype, peak_rss_mib};
+use crate::common::{compute_dtype, device, peak_rss_mib};
 use anyhow::{Context, Result};
 use lowrank_models::{load_model, AnyModel, CausalLm};
 use lowrank_peft::{LoraAdapters, LoraConfig, LoraSite, TargetSpec};
@@ -117,7 +117,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Generate(g) => return run_generate(g),
     };
     let dev = device();
-    let loaded = load_model(&a.model, &dev, parse_dtype(&a.dtype)?).with_context(|| format!("loading model {}", a.model.display()))?;
+    let loaded = load_model(&a.model, &dev, compute_dtype(&a.dtype)?).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
     let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;
     let mut model = AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?;

@@ -29,6 +29,17 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
     })
 }
 
+/// The dtype models compute in, from a `dtype` setting. candle's CPU matmul (gemm 0.19) has no
+/// bf16 kernel, so bf16 falls back to f32 on the CPU, with a warning, instead of failing mid-run.
+pub fn compute_dtype(s: &str) -> Result<DType> {
+    let d = parse_dtype(s)?;
+    if d == DType::BF16 && device().is_cpu() {
+        eprintln!("lowrank: warning: bf16 has no matmul kernel on the CPU in this build; computing in f32 (adapters and optimizer state are f32 either way)");
+        return Ok(DType::F32);
+    }
+    Ok(d)
+}
+
 pub fn device() -> Device {
     Device::Cpu
 }

@@ -1,6 +1,6 @@
 //! `lowrank eval`: generate one output per unique prompt of a data set (greedy or beam search),
 //! write hypotheses and references, and score them with the E2E metrics.
-use crate::common::{open_for_inference, parse_dtype};
+use crate::common::{compute_dtype, open_for_inference};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lowrank_models::weights::write_atomic;
@@ -77,7 +77,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.limit > 0 {
         groups.truncate(a.limit);
     }
-    let ready = open_for_inference(&a.model, a.adapter.as_deref(), true, parse_dtype(&a.dtype)?, &a.quantize)?;
+    let ready = open_for_inference(&a.model, a.adapter.as_deref(), true, compute_dtype(&a.dtype)?, &a.quantize)?;
     let tok = &ready.loaded.tokenizer;
     let bar = ProgressBar::new(groups.len() as u64);
     bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} prompts ETA {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));

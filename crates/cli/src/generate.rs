@@ -1,5 +1,5 @@
 //! `lowrank generate`: text from a prompt; only the generated text goes to stdout.
-use crate::common::{open_for_inference, parse_dtype};
+use crate::common::{compute_dtype, open_for_inference};
 use anyhow::Result;
 use lowrank_models::generate::{generate, SamplingParams};
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(p) = a.top_p {
         anyhow::ensure!(p > 0.0 && p <= 1.0, "--top-p must be in (0, 1], got {p}");
     }
-    let ready = open_for_inference(&a.model, a.adapter.as_deref(), !a.no_merge, parse_dtype(&a.dtype)?, &a.quantize)?;
+    let ready = open_for_inference(&a.model, a.adapter.as_deref(), !a.no_merge, compute_dtype(&a.dtype)?, &a.quantize)?;
     let tok = &ready.loaded.tokenizer;
     let text = if a.chat { tok.chat_prompt(&a.prompt) } else { a.prompt.clone() };
     let ids = crate::common::prompt_ids(&ready.model, tok, &text)?;

@@ -237,3 +237,16 @@ fn score_and_eval() {
     assert_eq!(hyps.lines().count(), refs.split("\n\n").count());
     assert!(dir.join("scores.json").exists());
 }
+
+#[test]
+fn bf16_falls_back_to_f32_on_the_cpu_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path(), 8);
+    let cfg = write_config(tmp.path(), &data, "");
+    let out = run(bin().args(["train", "--config"]).arg(&cfg).args(["--set", "model.dtype=\"bf16\"", "--set", "train.steps=1"]).arg("--output").arg(tmp.path().join("b")));
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lowrank: warning: bf16") && stderr.contains("f32"), "{stderr}");
+    let gen = run(bin().args(["generate", "--model"]).arg(tiny()).args(["--prompt", "name[Alimentum] => ", "--max-new-tokens", "4", "--dtype", "bf16"]));
+    ok(&gen);
+}
