@@ -113,6 +113,20 @@ pub fn prompt_ids(model: &dyn CausalLm, tok: &TextTokenizer, text: &str) -> Resu
     Ok(ids)
 }
 
+/// `requested` new tokens, lowered (with a warning) so that the longest prompt plus them fits in
+/// a decoder-only model's positions; an encoder–decoder (relative positions) is not limited.
+pub fn fit_new_tokens(config: &lowrank_models::ModelConfig, longest_prompt: usize, requested: usize) -> usize {
+    if config.is_encoder_decoder() {
+        return requested;
+    }
+    let room = config.max_positions().saturating_sub(longest_prompt);
+    if requested > room {
+        eprintln!("lowrank: warning: a {longest_prompt}-token prompt leaves room for {room} new tokens in the model's {} positions; generating at most {room}", config.max_positions());
+        return room;
+    }
+    requested
+}
+
 /// How outputs are decoded (shared by `eval` and the training samples).
 pub struct Decoding {
     /// 1: greedy; more: beam search.

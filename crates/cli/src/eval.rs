@@ -90,7 +90,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 crate::common::prompt_ids(&ready.model, tok, &if a.chat { tok.chat_prompt(&text) } else { text })
             })
             .collect::<Result<_>>()?;
-        let d = crate::common::Decoding { num_beams: a.beam, max_new_tokens: a.max_new_tokens, length_penalty: a.length_penalty, no_repeat_ngram_size: a.no_repeat_ngram_size, early_stopping: a.early_stopping };
+        let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let max_new_tokens = crate::common::fit_new_tokens(&ready.loaded.config, longest, a.max_new_tokens);
+        let d = crate::common::Decoding { num_beams: a.beam, max_new_tokens, length_penalty: a.length_penalty, no_repeat_ngram_size: a.no_repeat_ngram_size, early_stopping: a.early_stopping };
         let outs = crate::common::decode(&ready.model, tok, &ids, &d)?;
         for o in outs {
             hyps.push(tok.decode(&o)?.trim().replace('\n', " "));

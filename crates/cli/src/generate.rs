@@ -51,7 +51,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let ids = crate::common::prompt_ids(&ready.model, tok, &text)?;
     anyhow::ensure!(!ids.is_empty(), "the prompt is empty after tokenisation");
     let params = SamplingParams {
-        max_new_tokens: a.max_new_tokens,
+        max_new_tokens: crate::common::fit_new_tokens(&ready.loaded.config, ids.len(), a.max_new_tokens),
         temperature: a.temperature,
         top_k: a.top_k,
         top_p: a.top_p,

@@ -61,7 +61,7 @@ fn test_prompts(cfg: &RunConfig, n: usize) -> Result<Vec<(String, Vec<String>)>>
     Ok(out)
 }
 
-fn sample_outputs(model: &AnyModel, tok: &TextTokenizer, tpl: &Templater, cfg: &RunConfig, prompts: &[(String, Vec<String>)]) -> Result<Vec<String>> {
+fn sample_outputs(model: &AnyModel, config: &lowrank_models::ModelConfig, tok: &TextTokenizer, tpl: &Templater, cfg: &RunConfig, prompts: &[(String, Vec<String>)]) -> Result<Vec<String>> {
     let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|(p, _)| {
@@ -71,7 +71,9 @@ fn sample_outputs(model: &AnyModel, tok: &TextTokenizer, tpl: &Templater, cfg: &
         })
         .collect::<Result<_>>()?;
     let r = &cfg.report;
-    let d = crate::common::Decoding { num_beams: r.num_beams, max_new_tokens: r.max_new_tokens, length_penalty: r.length_penalty, no_repeat_ngram_size: r.no_repeat_ngram_size, early_stopping: true };
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+    let max_new_tokens = crate::common::fit_new_tokens(config, longest, r.max_new_tokens);
+    let d = crate::common::Decoding { num_beams: r.num_beams, max_new_tokens, length_penalty: r.length_penalty, no_repeat_ngram_size: r.no_repeat_ngram_size, early_stopping: true };
     let outs = crate::common::decode(model, tok, &ids, &d)?;
     Ok(outs.iter().map(|o| tok.decode(o).map(|s| s.trim().to_string())).collect::<std::result::Result<_, _>>()?)
 }
@@ -168,7 +170,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let base_outputs = if samples.is_empty() { vec![] } else {
         eprintln!("generating base-model outputs for {} test prompts ...", samples.len());
-        sample_outputs(&model, tok, &tpl, &cfg, &samples)?
+        sample_outputs(&model, &loaded.config, tok, &tpl, &cfg, &samples)?
     };
 
     let adapter_info = AdapterInfo::new(model_path.display().to_string(), loaded.config.peft_task_type(), loaded.config.fan_in_fan_out());
@@ -209,7 +211,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
 
     if !samples.is_empty() {
-        let tuned = sample_outputs(&model, tok, &tpl, &cfg, &samples)?;
+        let tuned = sample_outputs(&model, &loaded.config, tok, &tpl, &cfg, &samples)?;
         let mut lines = Vec::new();
         println!();
         for (i, ((prompt, refs), (base, tuned))) in samples.iter().zip(base_outputs.iter().zip(&tuned)).enumerate() {

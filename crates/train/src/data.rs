@@ -116,7 +116,7 @@ pub fn read_pairs(path: &Path, spec: &ReadSpec) -> Result<Vec<TextPair>> {
                 return Err(TrainError::Data {
                     path: target.clone(),
                     line: tgt.len().min(src.len()) + 1,
-                    reason: format!("{} source lines but {} target lines in {}", src.len(), tgt.len(), path.display()),
+                    reason: format!("{} lines here but {} in the source file {} (they must be line-aligned)", tgt.len(), src.len(), path.display()),
                 });
             }
             src.into_iter().zip(tgt).map(|(prompt, completion)| TextPair { prompt, completion }).collect()
