@@ -44,6 +44,7 @@ fn targets_of(s: &str) -> TargetSpec {
 }
 
 fn run_generate(a: BenchGenerateArgs) -> Result<()> {
+    anyhow::ensure!(a.repeats >= 1, "--repeats must be at least 1");
     let dev = device();
     let mut loaded = load_model(&a.model, &dev, candle_core::DType::F32).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
@@ -116,6 +117,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train(a) => a,
         BenchCommand::Generate(g) => return run_generate(g),
     };
+    anyhow::ensure!(a.steps >= 1, "--steps must be at least 1");
     let dev = device();
     let loaded = load_model(&a.model, &dev, compute_dtype(&a.dtype)?).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };

@@ -5,6 +5,14 @@ use lowrank_models::{load_model, AnyModel, CausalLm, LoadedModel, PlainSite, Tex
 use lowrank_peft::{load_adapter, LoraAdapters, LoraSite};
 use std::path::Path;
 
+/// When `cfg` names no targets (or Llama's default), PEFT's default for the model's family:
+/// `q_proj, v_proj`; GPT-2 `c_attn`; T5 `q, v`.
+pub fn family_default_targets(cfg: &mut lowrank_peft::LoraConfig, model: &lowrank_models::ModelConfig) {
+    if cfg.targets == lowrank_peft::TargetSpec::default() {
+        cfg.targets = lowrank_peft::TargetSpec::Names(model.default_lora_targets());
+    }
+}
+
 /// glibc: one malloc arena (buffers allocated on worker threads and freed on the main thread
 /// otherwise pile up in per-thread arenas: 5.5 GB instead of 3 GB peak for the bench step), large
 /// blocks from the heap, no eager trimming (fewer page faults per step).

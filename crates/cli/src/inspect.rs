@@ -114,9 +114,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     println!("{}", config.summary());
     if let Some(spec) = &a.lora {
         let mut lcfg = parse_lora_spec(spec)?;
-        if lcfg.targets == TargetSpec::default() {
-            lcfg.targets = TargetSpec::Names(config.default_lora_targets());
-        }
+        crate::common::family_default_targets(&mut lcfg, &config);
         let adapters = LoraAdapters::init(&lcfg, &config.linear_modules(), &candle_core::Device::Cpu)?;
         println!("LoRA r={} alpha={} on {} modules", lcfg.r, lcfg.alpha, adapters.modules.len());
         println!("{}", trainable_line(adapters.trainable_parameters(), total));

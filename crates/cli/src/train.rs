@@ -150,10 +150,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         _ => vec![],
     };
     let mut lora_cfg = cfg.lora.clone();
-    if lora_cfg.targets == lowrank_peft::TargetSpec::default() {
-        // The run file names no targets (or Llama's default): PEFT's default for this family.
-        lora_cfg.targets = lowrank_peft::TargetSpec::Names(loaded.config.default_lora_targets());
-    }
+    crate::common::family_default_targets(&mut lora_cfg, &loaded.config);
     if lora_cfg.init_seed == 0 {
         lora_cfg.init_seed = cfg.train.seed;
     }

@@ -5,6 +5,14 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use candle_core::{Device, Tensor, Var};
 
+/// Back-propagates `scale · sum`: `(its value, n, the gradient of each of vars)`.
+fn scaled_backward(sum: Tensor, n: usize, scale: f64, vars: &[Var]) -> Result<(f64, usize, Vec<Option<Tensor>>)> {
+    let scaled = (sum * scale)?;
+    let value = scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let store = scaled.backward()?;
+    Ok((value, n, vars.iter().map(|v| store.get(v.as_tensor()).cloned()).collect()))
+}
+
 pub trait CausalLm: Send + Sync {
     fn device(&self) -> &Device;
 
@@ -26,10 +34,7 @@ pub trait CausalLm: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn loss_and_grads(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: &[Vec<i64>], label_smoothing: f32, scale: f64, vars: &[Var]) -> Result<(f64, usize, Vec<Option<Tensor>>)> {
         let (sum, n) = self.loss_sum(input_ids, attention_mask, labels, label_smoothing, true)?;
-        let scaled = (sum * scale)?;
-        let value = scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        let store = scaled.backward()?;
-        Ok((value, n, vars.iter().map(|v| store.get(v.as_tensor()).cloned()).collect()))
+        scaled_backward(sum, n, scale, vars)
     }
 
     /// The decoder start token of an encoder–decoder model; `None` for a decoder-only model.
@@ -56,10 +61,7 @@ impl CausalLm for crate::llama::Llama {
         if self.activation_checkpointing {
             return self.loss_and_grads_checkpointed(input_ids, attention_mask, labels, label_smoothing, scale, vars);
         }
-        let (sum, n) = self.loss_sum(input_ids, attention_mask, labels, label_smoothing, true)?;
-        let scaled = (sum * scale)?;
-        let value = scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        let store = scaled.backward()?;
-        Ok((value, n, vars.iter().map(|v| store.get(v.as_tensor()).cloned()).collect()))
+        let (sum, n) = crate::llama::Llama::loss_sum(self, input_ids, attention_mask, labels, label_smoothing, true)?;
+        scaled_backward(sum, n, scale, vars)
     }
 }

@@ -167,14 +167,11 @@ impl T5 {
                 o: linear(format!("{p}.o"), inner, d)?,
             })
         };
-        // `feed_forward_proj`: "gelu" is the exact GELU in transformers, "gelu_new" and
-        // "gated-gelu" the tanh approximation.
-        let proj = cfg.raw.get("feed_forward_proj").and_then(|x| x.as_str()).unwrap_or("relu");
+        // "gelu" is the exact GELU in transformers, "gelu_new" and "gated-gelu" the tanh form.
         let act = match cfg.feed_forward {
             T5FeedForward::Relu | T5FeedForward::GatedRelu => Act::Relu,
-            T5FeedForward::GatedGelu => Act::GeluTanh,
-            T5FeedForward::Gelu if proj == "gelu" => Act::GeluErf,
-            T5FeedForward::Gelu => Act::GeluTanh,
+            T5FeedForward::GatedGelu | T5FeedForward::GeluNew => Act::GeluTanh,
+            T5FeedForward::Gelu => Act::GeluErf,
         };
         let feed_forward = |p: String| -> Result<FeedForward> {
             Ok(if cfg.feed_forward.is_gated() {
@@ -212,11 +209,9 @@ impl T5 {
                 &[cfg.relative_attention_num_buckets, cfg.num_heads],
             )
         };
-        // transformers ≥ 5 always ties `lm_head` to `shared` unless the checkpoint holds a
-        // different `lm_head.weight`, and decides the output scaling by `scale_decoder_outputs`
-        // (written by transformers ≥ 5), else by the file's `tie_word_embeddings` (default true).
+        // transformers ≥ 5 ties `lm_head` to `shared` unless the checkpoint holds its own.
         let lm_head = if weights.contains("lm_head.weight") { weights.get("lm_head.weight", &[v, d])? } else { shared.clone() };
-        let scale = cfg.raw.get("scale_decoder_outputs").and_then(|x| x.as_bool()).unwrap_or(cfg.tie_word_embeddings);
+        let scale = cfg.scale_decoder_outputs;
         Ok(Self {
             config: cfg.clone(),
             device: device.clone(),

@@ -10,9 +10,10 @@ use std::path::Path;
 pub enum T5FeedForward {
     Relu,
     GatedGelu,
-    /// Ungated `wi → GELU → wo`: `feed_forward_proj = "gelu"` (exact erf form) or `"gelu_new"`
-    /// (tanh form); the model reads which from the raw config.
+    /// Ungated `wi → GELU → wo` with the exact erf form (`feed_forward_proj = "gelu"`).
     Gelu,
+    /// Ungated `wi → gelu_new → wo` (tanh form, `feed_forward_proj = "gelu_new"`).
+    GeluNew,
     /// Gated with ReLU (`gated-relu`).
     GatedRelu,
 }
@@ -38,10 +39,13 @@ pub struct T5Config {
     pub relative_attention_max_distance: usize,
     pub layer_norm_epsilon: f64,
     pub feed_forward: T5FeedForward,
-    /// v1.0: the output head is the embedding matrix and the decoder output is scaled by
-    /// `d_model^-0.5` first. v1.1 / FLAN-T5: a separate `lm_head.weight`, no scaling. (Files
-    /// written by transformers 5 say `scale_decoder_outputs` instead; the model reads both.)
+    /// v1.0: the output head is the embedding matrix. v1.1 / FLAN-T5: a separate
+    /// `lm_head.weight` (used whenever the checkpoint has one: transformers 5 writes `true` here
+    /// next to FLAN-T5's own head).
     pub tie_word_embeddings: bool,
+    /// The decoder output is scaled by `d_model^-0.5` before the head: `scale_decoder_outputs`
+    /// (transformers 5), else `tie_word_embeddings` (T5 v1.0).
+    pub scale_decoder_outputs: bool,
     pub pad_token_id: u32,
     pub eos_token_id: u32,
     pub decoder_start_token_id: u32,
@@ -56,7 +60,8 @@ impl T5Config {
         let feed_forward = match act {
             "relu" => T5FeedForward::Relu,
             "gated-gelu" => T5FeedForward::GatedGelu,
-            "gelu" | "gelu_new" => T5FeedForward::Gelu,
+            "gelu" => T5FeedForward::Gelu,
+            "gelu_new" => T5FeedForward::GeluNew,
             "gated-relu" => T5FeedForward::GatedRelu,
             other => {
                 return Err(ModelError::Unsupported {
@@ -80,6 +85,7 @@ impl T5Config {
             layer_norm_epsilon: k.f64_opt("layer_norm_epsilon").unwrap_or(1e-6),
             feed_forward,
             tie_word_embeddings: k.bool_opt("tie_word_embeddings").unwrap_or(true),
+            scale_decoder_outputs: k.bool_opt("scale_decoder_outputs").or(k.bool_opt("tie_word_embeddings")).unwrap_or(true),
             pad_token_id: pad,
             eos_token_id: k.ids("eos_token_id").first().copied().unwrap_or(1),
             decoder_start_token_id: k.ids("decoder_start_token_id").first().copied().unwrap_or(pad),

@@ -119,6 +119,16 @@ pub fn export_fused(full: Option<&LoraModule>, parts: &[(LoraModule, usize)], d_
     Ok(ExportedModule { a: Tensor::cat(&a_rows, 0)?, b: Tensor::cat(&b_cols, 1)?, r, alpha })
 }
 
+/// The adapters on the parts of the fused layer at `path` (`path.q`, `path.k`, `path.v`), with
+/// their indices.
+pub fn parts_of(modules: &BTreeMap<String, LoraModule>, path: &str) -> Vec<(LoraModule, usize)> {
+    PART_NAMES
+        .iter()
+        .enumerate()
+        .filter_map(|(i, name)| modules.get(&format!("{path}.{name}")).filter(|m| m.part.is_some()).map(|m| (m.clone(), i)))
+        .collect()
+}
+
 /// Groups part modules by their fused parent: parent → [(module, index)], sorted by index.
 pub fn group_parts(modules: &BTreeMap<String, LoraModule>) -> BTreeMap<String, Vec<(LoraModule, usize)>> {
     let mut out: BTreeMap<String, Vec<(LoraModule, usize)>> = BTreeMap::new();
@@ -148,7 +158,8 @@ impl lowrank_models::LinearSite for QuantizedLoraSite<'_> {
         if let Some(m) = self.adapters.modules.get(&base.path) {
             layer = parts_layer(&base, layer, vec![(m.clone(), 0)], 0.0, rng.clone());
         }
-        if let Some(parts) = group_parts(&self.adapters.modules).remove(&base.path) {
+        let parts = parts_of(&self.adapters.modules, &base.path);
+        if !parts.is_empty() {
             layer = parts_layer(&base, layer, parts, 0.0, rng);
         }
         Ok(layer)

@@ -1,7 +1,7 @@
 //! LoRA: `y = W x + b + s · B A dropout(x)` with `A: (r, d_in)`, `B: (d_out, r)`,
 //! `s = alpha / r` (rsLoRA: `alpha / sqrt(r)`). A is kaiming-uniform, B zero: a no-op at start.
 use crate::error::{PeftError, Result};
-use crate::fused_parts::{group_parts, part_of, parts_layer};
+use crate::fused_parts::{part_of, parts_layer, parts_of};
 use crate::targets::{pattern_match, select, TargetSpec};
 use candle_core::{DType, Device, Tensor, Var};
 use lowrank_models::generate::SplitMix64;
@@ -303,7 +303,7 @@ pub struct LoraSite<'a> {
 impl LinearSite for LoraSite<'_> {
     fn build(&self, base: BaseLinear) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
         let rng = self.adapters.dropout_rng.clone();
-        let parts: Vec<(LoraModule, usize)> = group_parts(&self.adapters.modules).remove(&base.path).unwrap_or_default();
+        let parts = parts_of(&self.adapters.modules, &base.path);
         let inner: Arc<dyn LinearLayer> = match self.adapters.modules.get(&base.path) {
             Some(m) => Arc::new(LoraLinear { base: base.clone(), module: m.clone(), dropout: self.dropout, rng: rng.clone() }),
             None => Arc::new(base.clone()),
