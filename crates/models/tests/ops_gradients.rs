@@ -155,3 +155,26 @@ fn fused_masked_softmax_matches_composition() {
         },
     );
 }
+
+/// The no-padding path (one visible prefix per row, SIMD passes): causal from the start, causal
+/// after cached positions, and not causal; rows longer than one SIMD chunk.
+#[test]
+fn fused_masked_softmax_without_padding_matches_composition() {
+    use lowrank_models::ops::masked_softmax::{masked_softmax, AttentionMask};
+    for (t_q, offset, causal) in [(19usize, 0usize, true), (5, 14, true), (19, 0, false)] {
+        let t_k = t_q + offset;
+        let mask = AttentionMask { t_q, offset, key_keep: None, causal };
+        // (b=2, kv heads=2, g·t = 3·t_q, t_k)
+        let x = (rand(&[2, 2, 3 * t_q, t_k], 10 + t_q as u64) * 4.0).unwrap();
+        compare_f32(
+            &format!("masked softmax, no padding (t_q {t_q}, offset {offset}, causal {causal})"),
+            &x,
+            &|v| masked_softmax(v, &mask, 0.125).unwrap(),
+            &|v| {
+                let add = mask.additive(2, t_k, &Device::Cpu).unwrap();
+                let s = (v * 0.125).unwrap().reshape((2, 2, 3, t_q, t_k)).unwrap().broadcast_add(&add).unwrap();
+                lowrank_models::ops::norms::softmax_last(&s).unwrap().reshape((2, 2, 3 * t_q, t_k)).unwrap()
+            },
+        );
+    }
+}

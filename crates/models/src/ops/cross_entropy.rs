@@ -7,7 +7,9 @@
 //! One pass over the 49,152 columns each way instead of log_softmax + gather graphs.
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use super::fast_exp;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Target value that marks a position the loss ignores (as PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
@@ -21,8 +23,8 @@ pub struct FusedCrossEntropy {
 }
 
 fn row_lse(z: &[f32]) -> (f32, f32) {
-    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+    let max = fast_exp::max_of(z);
+    let sum = fast_exp::exp_shifted_sum(z, max);
     (max, max + sum.ln())
 }
 
@@ -51,15 +53,17 @@ impl FusedCrossEntropy {
     }
 }
 
-fn logits_f32(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Vec<f32>> {
+/// The logits as f32: borrowed when they are f32 already (no copy of the 200 MB a training
+/// step's logits take), converted otherwise.
+fn logits_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<Cow<'a, [f32]>> {
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("cross-entropy: logits must be contiguous".into()))?;
     Ok(match storage {
-        CpuStorage::F32(v) => v[start..end].to_vec(),
-        CpuStorage::BF16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
-        CpuStorage::F16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
-        CpuStorage::F64(v) => v[start..end].iter().map(|&x| x as f32).collect(),
+        CpuStorage::F32(v) => Cow::Borrowed(&v[start..end]),
+        CpuStorage::BF16(v) => Cow::Owned(v[start..end].iter().map(|x| x.to_f32()).collect()),
+        CpuStorage::F16(v) => Cow::Owned(v[start..end].iter().map(|x| x.to_f32()).collect()),
+        CpuStorage::F64(v) => Cow::Owned(v[start..end].iter().map(|&x| x as f32).collect()),
         _ => return Err(candle_core::Error::Msg("cross-entropy: logits must be float".into())),
     })
 }
@@ -127,24 +131,24 @@ impl CustomOp1 for CrossEntropyGrad {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, vocab) = layout.shape().dims2()?;
         self.loss.check(rows)?;
-        let mut z = logits_f32(storage, layout)?;
+        let z = logits_f32(storage, layout)?;
         let eps = self.loss.label_smoothing;
         let scale = self.scale;
         let saved: Vec<f32> = self.loss.lse.lock().map(|v| v.clone()).unwrap_or_default();
         let have_saved = saved.len() == rows;
-        z.par_chunks_mut(vocab).zip(self.loss.targets.par_iter()).enumerate().try_for_each(|(i, (row, &t))| {
-            let Some(t) = self.loss.valid_target(t, vocab)? else {
-                row.iter_mut().for_each(|v| *v = 0.0);
-                return Ok(());
-            };
-            let lse = if have_saved { saved[i] } else { row_lse(row).1 };
-            let smooth = eps / vocab as f32;
-            for v in row.iter_mut() {
-                *v = ((*v - lse).exp() - smooth) * scale;
-            }
-            row[t] -= (1.0 - eps) * scale;
-            Ok::<(), candle_core::Error>(())
-        })?;
+        let mut dz = vec![0f32; z.len()];
+        dz.par_chunks_mut(vocab).zip(z.par_chunks(vocab)).zip(self.loss.targets.par_iter()).enumerate().try_for_each(
+            |(i, ((out, row), &t))| {
+                let Some(t) = self.loss.valid_target(t, vocab)? else {
+                    return Ok(());
+                };
+                let lse = if have_saved { saved[i] } else { row_lse(row).1 };
+                fast_exp::exp_shifted_affine_into(row, lse, eps / vocab as f32, scale, out);
+                out[t] -= (1.0 - eps) * scale;
+                Ok::<(), candle_core::Error>(())
+            },
+        )?;
+        let z = dz;
         let out = match storage.dtype() {
             DType::BF16 => CpuStorage::BF16(z.into_iter().map(half::bf16::from_f32).collect()),
             DType::F16 => CpuStorage::F16(z.into_iter().map(half::f16::from_f32).collect()),

@@ -3,6 +3,7 @@
 //! stacked along `r`); the mask is causal (`key ≤ query + offset`) or not, and drops padded keys of each
 //! batch row. Backward: `ds = scale · p ⊙ (dp − Σ dp ⊙ p)`, from the saved probabilities only.
 use super::cpu_util::{f32_slice, fused_ok, msg};
+use super::fast_exp;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -67,6 +68,23 @@ impl CustomOp1 for MaskedSoftmax {
         y.par_chunks_mut(tk).zip(x.par_chunks(tk)).enumerate().for_each(|(row, (yr, xr))| {
             let b = row / (xh * r);
             let q = (row % r) % t_q;
+            // No padding (and a positive scale, as attention's 1/sqrt(d) or T5's 1): the
+            // visible keys are one prefix of the row, done in SIMD passes.
+            if self.mask.key_keep.is_none() && self.scale > 0.0 {
+                let visible = if self.mask.causal { (q + self.mask.offset + 1).min(tk) } else { tk };
+                let max = fast_exp::max_of(&xr[..visible]) * self.scale;
+                if visible == 0 || !max.is_finite() {
+                    // No visible key (or non-finite scores): uniform, as the composition with an
+                    // all-minimum additive mask gives.
+                    yr.iter_mut().for_each(|v| *v = 1.0 / tk as f32);
+                    return;
+                }
+                let (seen, hidden) = yr.split_at_mut(visible);
+                hidden.iter_mut().for_each(|v| *v = 0.0);
+                let inv = 1.0 / fast_exp::exp_scaled_shifted_into(&xr[..visible], self.scale, max, seen);
+                seen.iter_mut().for_each(|v| *v *= inv);
+                return;
+            }
             let mut max = f32::NEG_INFINITY;
             for k in 0..tk {
                 if self.mask.allowed(b, q, k) {
@@ -80,7 +98,7 @@ impl CustomOp1 for MaskedSoftmax {
             }
             let mut sum = 0f32;
             for k in 0..tk {
-                let e = if self.mask.allowed(b, q, k) { (xr[k] * self.scale - max).exp() } else { 0.0 };
+                let e = if self.mask.allowed(b, q, k) { fast_exp::exp(xr[k] * self.scale - max) } else { 0.0 };
                 yr[k] = e;
                 sum += e;
             }

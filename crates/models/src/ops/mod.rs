@@ -3,6 +3,7 @@
 //! tested against its composition (values and gradients) in tests/ops_gradients.rs.
 mod cpu_util;
 pub mod cross_entropy;
+pub mod fast_exp;
 pub mod frozen_linear;
 pub mod masked_softmax;
 pub mod norms;

@@ -1,14 +1,11 @@
 //! Fused `silu(gate) ⊙ up` with an explicit backward: `gate, up: (..., f) -> (..., f)`.
 //! `d gate = g ⊙ up ⊙ σ(x)(1 + x(1 − σ(x)))`, `d up = g ⊙ silu(gate)`.
 use super::cpu_util::{f32_slice, fused_ok};
+use super::fast_exp;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 const CHUNK: usize = 4096;
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
 
 struct SwiGlu;
 /// Both gradients in one pass: output `(2, ...)` = `[d gate; d up]`.
@@ -21,11 +18,9 @@ impl CustomOp2 for SwiGlu {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (a, b) = (f32_slice(s1, l1, "swiglu")?, f32_slice(s2, l2, "swiglu")?);
         let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (ar, br))| {
-            for i in 0..o.len() {
-                o[i] = ar[i] * sigmoid(ar[i]) * br[i];
-            }
-        });
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(o, (ar, br))| fast_exp::swiglu_into(ar, br, o));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -45,13 +40,8 @@ impl CustomOp3 for SwiGluGrad {
         let mut out = vec![0f32; 2 * n];
         let (dg, du) = out.split_at_mut(n);
         dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (og, ou))| {
-            let base = c * CHUNK;
-            for i in 0..og.len() {
-                let (x, u, gv) = (a[base + i], b[base + i], g[base + i]);
-                let s = sigmoid(x);
-                og[i] = gv * u * s * (1.0 + x * (1.0 - s));
-                ou[i] = gv * x * s;
-            }
+            let r = c * CHUNK..c * CHUNK + og.len();
+            fast_exp::swiglu_grad_into(&a[r.clone()], &b[r.clone()], &g[r], og, ou);
         });
         let mut dims = vec![2];
         dims.extend_from_slice(l1.dims());
