@@ -107,11 +107,14 @@ fn cases() -> candle_core::Result<Vec<Case>> {
             composition: Box::new(|x| x[0].silu()? * &x[1]),
         },
         Case {
-            name: "rope (8, 9, 128, 64)",
-            inputs: vec![var(&[BATCH, HEADS, SEQ, HEAD_DIM], 8)?],
+            name: "to heads + rope (8, 128, 576)",
+            inputs: vec![var(&[BATCH, SEQ, HEADS * HEAD_DIM], 8)?],
             probe_shape: vec![BATCH, HEADS, SEQ, HEAD_DIM],
-            fused: Box::new(move |x| ops::rope::rope(&x[0], &cos, &sin)),
-            composition: Box::new(move |x| ops::norms::apply_rotary(&x[0], &cos2, &sin2)),
+            fused: Box::new(move |x| ops::heads::to_heads(&x[0], HEADS, Some((&cos, &sin)))),
+            composition: Box::new(move |x| {
+                let heads = x[0].reshape((BATCH, SEQ, HEADS, HEAD_DIM))?.transpose(1, 2)?.contiguous()?;
+                ops::norms::apply_rotary(&heads, &cos2, &sin2)
+            }),
         },
         Case {
             name: "causal softmax (8, 3, 384, 128)",

@@ -1,6 +1,6 @@
 //! The causal-LM loss from final hidden states, computing logits only where there is a target.
 use crate::error::Result;
-use crate::ops::{cross_entropy_sum, frozen_matmul, IGNORE_INDEX};
+use crate::ops::{head_cross_entropy_sum, IGNORE_INDEX};
 use candle_core::Tensor;
 
 /// Hugging Face's causal-LM loss: the hidden state at position i predicts `labels[i+1]`; labels
@@ -29,7 +29,6 @@ pub fn rows_loss_sum(hidden: &Tensor, rows: Vec<u32>, targets: &[i64], lm_head: 
     let n = rows.len();
     let idx = Tensor::from_vec(rows, n, hidden.device())?;
     let hs = hidden.index_select(&idx, 0)?;
-    let logits = frozen_matmul(&hs, lm_head)?;
-    let loss = cross_entropy_sum(&logits, targets, label_smoothing)?;
+    let loss = head_cross_entropy_sum(&hs, lm_head, targets, label_smoothing)?;
     Ok((loss, n))
 }

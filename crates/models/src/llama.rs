@@ -4,7 +4,7 @@ use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::Result;
 use crate::linear_site::{BaseLinear, LinearLayer, LinearSite};
 use crate::ops::rms_norm::rms_norm;
-use crate::ops::rope::rope;
+use crate::ops::heads::{from_heads, to_heads};
 use crate::ops::swiglu::swiglu;
 use crate::ops::{masked_softmax, AttentionMask};
 use crate::weights::Weights;
@@ -279,12 +279,10 @@ impl Llama {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let g = h / kvh;
-        let q = attn.q_proj.forward_t(x, train)?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = attn.k_proj.forward_t(x, train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = attn.v_proj.forward_t(x, train)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = rope(&q, cos, sin)?;
-        let mut k = rope(&k, cos, sin)?;
-        let mut v = v;
+        // (b, t, heads·hd) -> (b, heads, t, hd), q and k rotated on the way.
+        let q = to_heads(&attn.q_proj.forward_t(x, train)?, h, Some((cos, sin)))?;
+        let mut k = to_heads(&attn.k_proj.forward_t(x, train)?, kvh, Some((cos, sin)))?;
+        let mut v = to_heads(&attn.v_proj.forward_t(x, train)?, kvh, None)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -298,7 +296,7 @@ impl Llama {
         let scores = q.matmul(&k.t()?)?; // (b, kvh, g·t, t_k)
         let probs = masked_softmax(&scores, mask, scale)?;
         let ctx = probs.matmul(&v.contiguous()?)?; // (b, kvh, g·t, hd)
-        let ctx = ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        let ctx = from_heads(&ctx.reshape((b, h, t, hd))?)?; // (b, t, h·hd)
         Ok(attn.o_proj.forward_t(&ctx, train)?)
     }
 

@@ -125,16 +125,27 @@ fn fused_swiglu_matches_composition() {
     compare_f32("swiglu(up)", &up, &|t| lowrank_models::ops::swiglu::swiglu(&gate, t).unwrap(), &|t| (gate.silu().unwrap() * t).unwrap());
 }
 
+/// `to_heads` (split into heads, rotary embedding on the way) and `from_heads` against reshape →
+/// transpose → contiguous → rotate-half composition, values and gradients.
 #[test]
-fn fused_rope_matches_composition() {
-    let (t, d) = (5, 8);
+fn fused_heads_layout_and_rope_match_composition() {
+    use lowrank_models::ops::heads::{from_heads, to_heads};
+    let (b, h, t, d) = (2, 3, 5, 8);
     let pos = Tensor::arange(0f32, t as f32, &Device::Cpu).unwrap().reshape((t, 1)).unwrap();
     let inv = Tensor::new(&[1f32, 0.1, 0.01, 0.001], &Device::Cpu).unwrap().reshape((1, d / 2)).unwrap();
     let f = pos.broadcast_mul(&inv).unwrap();
     let f = Tensor::cat(&[&f, &f], 1).unwrap();
     let (cos, sin) = (f.cos().unwrap(), f.sin().unwrap());
-    let x = rand(&[2, 3, t, d], 8);
-    compare_f32("rope", &x, &|v| lowrank_models::ops::rope::rope(v, &cos, &sin).unwrap(), &|v| lowrank_models::ops::norms::apply_rotary(v, &cos, &sin).unwrap());
+    let split = |v: &Tensor| v.reshape((b, t, h, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let x = rand(&[b, t, h * d], 8);
+    compare_f32("to_heads + rope", &x, &|v| to_heads(v, h, Some((&cos, &sin))).unwrap(), &|v| {
+        lowrank_models::ops::norms::apply_rotary(&split(v), &cos, &sin).unwrap()
+    });
+    compare_f32("to_heads", &x, &|v| to_heads(v, h, None).unwrap(), &|v| split(v));
+    let y = rand(&[b, h, t, d], 9);
+    compare_f32("from_heads", &y, &|v| from_heads(v).unwrap(), &|v| v.transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap());
+    // A width that does not split into the heads is an error, not a panic.
+    assert!(to_heads(&x.to_dtype(candle_core::DType::F32).unwrap(), 5, None).is_err());
 }
 
 #[test]
@@ -177,4 +188,53 @@ fn fused_masked_softmax_without_padding_matches_composition() {
             },
         );
     }
+}
+
+/// The fused head + cross-entropy against a frozen matmul followed by the log_softmax + gather
+/// composition: loss and hidden-state gradient, with and without label smoothing, ignored rows,
+/// a second backward over the same graph (the op then recomputes its logits), and finite differences.
+#[test]
+fn fused_head_cross_entropy_matches_matmul_then_cross_entropy() {
+    use lowrank_models::ops::head_cross_entropy_sum;
+    let f32_ = candle_core::DType::F32;
+    let head = rand(&[11, 6], 21).to_dtype(f32_).unwrap();
+    let h0 = (rand(&[5, 6], 22) * 2.0).unwrap().to_dtype(f32_).unwrap();
+    let targets = vec![3, IGNORE_INDEX, 0, 10, 7];
+    for smoothing in [0.0f32, 0.1] {
+        let h = Var::from_tensor(&h0).unwrap();
+        let fused = head_cross_entropy_sum(h.as_tensor(), &head, &targets, smoothing).unwrap();
+        let plain = reference_cross_entropy_sum(&frozen_matmul(h.as_tensor(), &head).unwrap(), &targets, smoothing).unwrap();
+        let (lf, lp) = (fused.to_scalar::<f32>().unwrap(), plain.to_scalar::<f32>().unwrap());
+        println!("head cross-entropy (smoothing {smoothing}): loss {lf} vs {lp}");
+        assert!((lf - lp).abs() < 1e-5 * lp.abs().max(1.0), "{lf} vs {lp}");
+        let gp = plain.backward().unwrap().get(h.as_tensor()).unwrap().clone();
+        let gf = fused.backward().unwrap().get(h.as_tensor()).unwrap().clone();
+        let d = (&gf - &gp).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        println!("  gradient max |diff| {d:e}");
+        assert!(d < 1e-5, "gradient differs by {d}");
+        // The ignored row gets no gradient.
+        let row1 = gf.get(1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(row1, 0.0);
+        // Again over the same graph: the saved logits were consumed, so the op recomputes them.
+        let again = fused.backward().unwrap().get(h.as_tensor()).unwrap().clone();
+        let d2 = (&again - &gf).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d2 < 1e-6, "second backward differs by {d2}");
+        // A scaled loss scales the gradient.
+        let scaled = (head_cross_entropy_sum(h.as_tensor(), &head, &targets, smoothing).unwrap() * 0.25).unwrap();
+        let gs = scaled.backward().unwrap().get(h.as_tensor()).unwrap().clone();
+        let d3 = (&gs - (&gf * 0.25).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d3 < 1e-6, "scaled gradient differs by {d3}");
+        // Finite differences of the fused loss (in f32: a larger step).
+        let fd = finite_diff(&h0.to_dtype(candle_core::DType::F64).unwrap(), 1e-2, &|t| {
+            head_cross_entropy_sum(&t.to_dtype(f32_).unwrap(), &head, &targets, smoothing).unwrap().to_scalar::<f32>().unwrap() as f64
+        });
+        let dfd = max_diff(&gf.to_dtype(candle_core::DType::F64).unwrap(), &fd);
+        println!("  gradient vs finite differences max |diff| {dfd:e}");
+        assert!(dfd < 2e-3, "finite differences differ by {dfd}");
+    }
+    // Shapes that do not fit are errors naming both.
+    let wrong = head_cross_entropy_sum(&h0.narrow(1, 0, 5).unwrap(), &head, &targets, 0.0).unwrap_err().to_string();
+    assert!(wrong.contains("(11, 6)"), "{wrong}");
+    let few = head_cross_entropy_sum(&h0, &head, &targets[..3], 0.0).unwrap_err().to_string();
+    assert!(few.contains("3 targets for 5 rows"), "{few}");
 }

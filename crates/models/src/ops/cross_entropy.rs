@@ -41,16 +41,64 @@ impl FusedCrossEntropy {
     }
 
     fn valid_target(&self, t: i64, vocab: usize) -> candle_core::Result<Option<usize>> {
-        if t == IGNORE_INDEX {
-            return Ok(None);
-        }
-        if t < 0 || t as usize >= vocab {
-            return Err(candle_core::Error::Msg(format!(
-                "cross-entropy: target id {t} outside the vocabulary of {vocab}"
-            )));
-        }
-        Ok(Some(t as usize))
+        valid_target(t, vocab)
     }
+}
+
+/// The column a target names, `None` for `IGNORE_INDEX`, an error outside the vocabulary.
+pub(crate) fn valid_target(t: i64, vocab: usize) -> candle_core::Result<Option<usize>> {
+    if t == IGNORE_INDEX {
+        return Ok(None);
+    }
+    if t < 0 || t as usize >= vocab {
+        return Err(candle_core::Error::Msg(format!(
+            "cross-entropy: target id {t} outside the vocabulary of {vocab}"
+        )));
+    }
+    Ok(Some(t as usize))
+}
+
+/// The summed loss of the rows of `z: (rows, vocab)` against `targets` (label smoothing `eps`),
+/// and each row's log-sum-exp (0 for ignored rows) for the backward.
+pub(crate) fn row_losses(z: &[f32], vocab: usize, targets: &[i64], eps: f32) -> candle_core::Result<(f64, Vec<f32>)> {
+    let losses: Vec<candle_core::Result<(f64, f32)>> = z
+        .par_chunks(vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            let Some(t) = valid_target(t, vocab)? else { return Ok((0.0, 0.0)) };
+            let (_, lse) = row_lse(row);
+            let nll = lse - row[t];
+            if eps > 0.0 {
+                let mean: f32 = row.iter().sum::<f32>() / vocab as f32;
+                Ok((((1.0 - eps) * nll + eps * (lse - mean)) as f64, lse))
+            } else {
+                Ok((nll as f64, lse))
+            }
+        })
+        .collect();
+    let mut total = 0f64;
+    let mut lses = Vec::with_capacity(losses.len());
+    for l in losses {
+        let (loss, lse) = l?;
+        total += loss;
+        lses.push(lse);
+    }
+    Ok((total, lses))
+}
+
+/// In place, each row of `z: (rows, vocab)` becomes the gradient of its loss times `scale`:
+/// `(softmax(z) − ε/V − (1−ε)·onehot(t)) · scale`, from the row's saved log-sum-exp; ignored
+/// rows become zero.
+pub(crate) fn rows_to_gradient(z: &mut [f32], vocab: usize, targets: &[i64], lse: &[f32], eps: f32, scale: f32) -> candle_core::Result<()> {
+    z.par_chunks_mut(vocab).zip(targets.par_iter()).zip(lse.par_iter()).try_for_each(|((row, &t), &l)| {
+        let Some(t) = valid_target(t, vocab)? else {
+            row.iter_mut().for_each(|v| *v = 0.0);
+            return Ok(());
+        };
+        fast_exp::exp_shifted_affine_inplace(row, l, eps / vocab as f32, scale);
+        row[t] -= (1.0 - eps) * scale;
+        Ok::<(), candle_core::Error>(())
+    })
 }
 
 /// The logits as f32: borrowed when they are f32 already (no copy of the 200 MB a training
@@ -77,29 +125,7 @@ impl CustomOp1 for FusedCrossEntropy {
         let (rows, vocab) = layout.shape().dims2()?;
         self.check(rows)?;
         let z = logits_f32(storage, layout)?;
-        let eps = self.label_smoothing;
-        let losses: Vec<candle_core::Result<(f64, f32)>> = z
-            .par_chunks(vocab)
-            .zip(self.targets.par_iter())
-            .map(|(row, &t)| {
-                let Some(t) = self.valid_target(t, vocab)? else { return Ok((0.0, 0.0)) };
-                let (_, lse) = row_lse(row);
-                let nll = lse - row[t];
-                if eps > 0.0 {
-                    let mean: f32 = row.iter().sum::<f32>() / vocab as f32;
-                    Ok((((1.0 - eps) * nll + eps * (lse - mean)) as f64, lse))
-                } else {
-                    Ok((nll as f64, lse))
-                }
-            })
-            .collect();
-        let mut total = 0f64;
-        let mut lses = Vec::with_capacity(rows);
-        for l in losses {
-            let (loss, lse) = l?;
-            total += loss;
-            lses.push(lse);
-        }
+        let (total, lses) = row_losses(&z, vocab, &self.targets, self.label_smoothing)?;
         if let Ok(mut saved) = self.lse.lock() {
             *saved = lses;
         }

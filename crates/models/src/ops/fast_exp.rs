@@ -91,6 +91,15 @@ simd_versions! {
 }
 
 simd_versions! {
+    /// In place: `x[i] = (e^(x[i] − shift) − sub) · mul`.
+    pub fn exp_shifted_affine_inplace(x: &mut [f32], shift: f32, sub: f32, mul: f32) -> () {
+        for v in x.iter_mut() {
+            *v = (exp(*v - shift) - sub) * mul;
+        }
+    }
+}
+
+simd_versions! {
     /// `Σ e^(x[i] − shift)` (summed in eight lanes), writing nothing.
     pub fn exp_shifted_sum(x: &[f32], shift: f32) -> f32 {
         let mut lanes = [0f32; 8];

@@ -16,7 +16,7 @@ pub struct FrozenMatmul {
 }
 
 /// `dst (m, n) = x (m, k) · rhs (k, n)` where `rhs` is `w` read with the given strides.
-fn gemm_xw<T: 'static + Copy + num_zero::Zero>(
+pub(crate) fn gemm_xw<T: 'static + Copy + num_zero::Zero>(
     x: &[T],
     w: &[T],
     (m, n, k): (usize, usize, usize),
@@ -55,7 +55,7 @@ fn gemm_xw<T: 'static + Copy + num_zero::Zero>(
 }
 
 /// Minimal zero/one over the float types the op supports.
-mod num_zero {
+pub(crate) mod num_zero {
     pub trait Zero {
         fn zero() -> Self;
         fn one() -> Self;

@@ -5,12 +5,14 @@ mod cpu_util;
 pub mod cross_entropy;
 pub mod fast_exp;
 pub mod frozen_linear;
+pub mod heads;
+pub mod head_cross_entropy;
 pub mod masked_softmax;
 pub mod norms;
 pub mod rms_norm;
-pub mod rope;
 pub mod swiglu;
 
 pub use cross_entropy::{cross_entropy_sum, reference_cross_entropy_sum, IGNORE_INDEX};
 pub use frozen_linear::frozen_matmul;
+pub use head_cross_entropy::head_cross_entropy_sum;
 pub use masked_softmax::{masked_softmax, AttentionMask};
