@@ -39,10 +39,6 @@ impl FusedCrossEntropy {
         }
         Ok(())
     }
-
-    fn valid_target(&self, t: i64, vocab: usize) -> candle_core::Result<Option<usize>> {
-        valid_target(t, vocab)
-    }
 }
 
 /// The column a target names, `None` for `IGNORE_INDEX`, an error outside the vocabulary.
@@ -157,24 +153,11 @@ impl CustomOp1 for CrossEntropyGrad {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, vocab) = layout.shape().dims2()?;
         self.loss.check(rows)?;
-        let z = logits_f32(storage, layout)?;
         let eps = self.loss.label_smoothing;
-        let scale = self.scale;
+        let mut z = logits_f32(storage, layout)?.into_owned();
         let saved: Vec<f32> = self.loss.lse.lock().map(|v| v.clone()).unwrap_or_default();
-        let have_saved = saved.len() == rows;
-        let mut dz = vec![0f32; z.len()];
-        dz.par_chunks_mut(vocab).zip(z.par_chunks(vocab)).zip(self.loss.targets.par_iter()).enumerate().try_for_each(
-            |(i, ((out, row), &t))| {
-                let Some(t) = self.loss.valid_target(t, vocab)? else {
-                    return Ok(());
-                };
-                let lse = if have_saved { saved[i] } else { row_lse(row).1 };
-                fast_exp::exp_shifted_affine_into(row, lse, eps / vocab as f32, scale, out);
-                out[t] -= (1.0 - eps) * scale;
-                Ok::<(), candle_core::Error>(())
-            },
-        )?;
-        let z = dz;
+        let lse = if saved.len() == rows { saved } else { row_losses(&z, vocab, &self.loss.targets, eps)?.1 };
+        rows_to_gradient(&mut z, vocab, &self.loss.targets, &lse, eps, self.scale)?;
         let out = match storage.dtype() {
             DType::BF16 => CpuStorage::BF16(z.into_iter().map(half::bf16::from_f32).collect()),
             DType::F16 => CpuStorage::F16(z.into_iter().map(half::f16::from_f32).collect()),

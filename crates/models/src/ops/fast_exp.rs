@@ -82,15 +82,6 @@ simd_versions! {
 }
 
 simd_versions! {
-    /// `out[i] = (e^(x[i] − shift) − sub) · mul`: a softmax row's gradient from its log-sum-exp.
-    pub fn exp_shifted_affine_into(x: &[f32], shift: f32, sub: f32, mul: f32, out: &mut [f32]) -> () {
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = (exp(v - shift) - sub) * mul;
-        }
-    }
-}
-
-simd_versions! {
     /// In place: `x[i] = (e^(x[i] − shift) − sub) · mul`.
     pub fn exp_shifted_affine_inplace(x: &mut [f32], shift: f32, sub: f32, mul: f32) -> () {
         for v in x.iter_mut() {
