@@ -8,7 +8,7 @@
 //! `RAYON_NUM_THREADS`, and glibc's allocator gets the CLI's settings (no trimming, large blocks
 //! from the heap), as in the trainer. A benchmark, not a test: nothing here asserts a time.
 //! `LOWRANK_BENCH_REPEATS=N` changes the number of timed runs (default 7).
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use lowrank_models::generate::SplitMix64;
 use lowrank_models::ops::{self, AttentionMask};
 use std::time::Instant;
@@ -146,20 +146,8 @@ fn cases() -> candle_core::Result<Vec<Case>> {
     ])
 }
 
-/// The CLI's allocator settings (`lowrank_cli::common::tune_allocator`): without them every large
-/// buffer is mapped, faulted in and zeroed afresh, which is the benchmark of the kernel's pager.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
-    }
-}
-
 fn main() -> candle_core::Result<()> {
-    tune_allocator();
+    lowrank_models::allocator::tune_allocator();
     let repeats = std::env::var("LOWRANK_BENCH_REPEATS").ok().and_then(|s| s.parse().ok()).filter(|&r: &usize| r > 0).unwrap_or(7);
     println!(
         "f32, {} thread(s), median of {repeats} (fastest–slowest), ms; speed-up = composition / fused",
@@ -170,7 +158,7 @@ fn main() -> candle_core::Result<()> {
         "op", "forward: fused", "composition", "", "fwd + bwd: fused", "composition", ""
     );
     for case in cases()? {
-        let probe = uniform(&case.probe_shape, 99)?.to_dtype(DType::F32)?;
+        let probe = uniform(&case.probe_shape, 99)?;
         let inputs: Vec<&Var> = case.inputs.iter().collect();
         let xs: Vec<Tensor> = case.inputs.iter().map(|v| v.as_tensor().detach()).collect();
         let fused_fwd = time_ms(repeats, || (case.fused)(&xs).map(|y| drop(std::hint::black_box(y))))?;

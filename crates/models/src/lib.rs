@@ -1,6 +1,7 @@
 //! Training-first transformer models for lowrank: the Llama family (Llama, SmolLM2, Qwen2),
 //! GPT-2 and T5 / FLAN-T5, loaded from Hugging Face folders (Llama also from GGUF files), with
 //! the linear-layer seam adapters attach to.
+pub mod allocator;
 pub mod any_model;
 pub mod beam;
 pub mod causal_lm;

@@ -34,6 +34,17 @@ fn rotate_into(src: &[f32], dst: &mut [f32], cos: &[f32], sin: &[f32], sign: f32
     }
 }
 
+/// One head vector at position `p` from `src` to `dst`: rotated when tables are given, copied
+/// otherwise.
+#[inline]
+fn move_vector(src: &[f32], dst: &mut [f32], tables: Option<(&[f32], &[f32])>, p: usize, sign: f32) {
+    let d = src.len();
+    match tables {
+        Some((c, s)) => rotate_into(src, dst, &c[p * d..(p + 1) * d], &s[p * d..(p + 1) * d], sign),
+        None => dst.copy_from_slice(src),
+    }
+}
+
 impl HeadsLayout {
     /// `x` in the input layout → the output layout; `(b, t, h, d)` read off the shape.
     fn run(&self, x: &[f32], dims: &[usize], cos: Option<&[f32]>, sin: Option<&[f32]>) -> candle_core::Result<(Vec<f32>, Vec<usize>)> {
@@ -56,12 +67,7 @@ impl HeadsLayout {
             y.par_chunks_mut((t * d).max(1)).enumerate().for_each(|(bh, yb)| {
                 let (bi, hi) = (bh / h, bh % h);
                 for p in 0..t {
-                    let src = &x[((bi * t + p) * h + hi) * d..][..d];
-                    let dst = &mut yb[p * d..(p + 1) * d];
-                    match tables {
-                        Some((c, s)) => rotate_into(src, dst, &c[p * d..(p + 1) * d], &s[p * d..(p + 1) * d], sign),
-                        None => dst.copy_from_slice(src),
-                    }
+                    move_vector(&x[((bi * t + p) * h + hi) * d..][..d], &mut yb[p * d..(p + 1) * d], tables, p, sign);
                 }
             });
             Ok((y, vec![b, h, t, d]))
@@ -70,12 +76,7 @@ impl HeadsLayout {
             y.par_chunks_mut((h * d).max(1)).enumerate().for_each(|(bp, yb)| {
                 let (bi, p) = (bp / t, bp % t);
                 for hi in 0..h {
-                    let src = &x[((bi * h + hi) * t + p) * d..][..d];
-                    let dst = &mut yb[hi * d..(hi + 1) * d];
-                    match tables {
-                        Some((c, s)) => rotate_into(src, dst, &c[p * d..(p + 1) * d], &s[p * d..(p + 1) * d], sign),
-                        None => dst.copy_from_slice(src),
-                    }
+                    move_vector(&x[((bi * h + hi) * t + p) * d..][..d], &mut yb[hi * d..(hi + 1) * d], tables, p, sign);
                 }
             });
             Ok((y, vec![b, t, h * d]))
