@@ -1,7 +1,7 @@
 //! `lowrank bench train`: median LoRA training-step time on synthetic tokens, as one JSON line.
 use crate::common::{compute_dtype, device, peak_rss_mib};
 use anyhow::{Context, Result};
-use lowrank_models::{load_model, AnyModel, CausalLm};
+use lowrank_models::{load_model, load_model_with, AnyModel, CausalLm};
 use lowrank_peft::{LoraAdapters, LoraConfig, LoraSite, TargetSpec};
 use lowrank_train::optim::{AdamW, AdamWParams};
 use std::path::PathBuf;
@@ -110,6 +110,10 @@ pub struct BenchTrainArgs {
     /// Activation checkpointing (recompute each layer in the backward).
     #[arg(long)]
     checkpoint: bool,
+    /// Expand a GGUF model's quantized linear weights to f32 on load (default: kept packed and
+    /// expanded per product, as `lowrank train` does with `model.keep_quantized = true`).
+    #[arg(long)]
+    dequantize: bool,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -119,7 +123,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     };
     anyhow::ensure!(a.steps >= 1, "--steps must be at least 1");
     let dev = device();
-    let loaded = load_model(&a.model, &dev, compute_dtype(&a.dtype)?).with_context(|| format!("loading model {}", a.model.display()))?;
+    let loaded = load_model_with(&a.model, &dev, compute_dtype(&a.dtype)?, !a.dequantize).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
     let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;
     let mut model = AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?;

@@ -2,7 +2,7 @@
 use crate::common::{compute_dtype, device, trainable_line};
 use crate::progress::Bar;
 use anyhow::{Context, Result};
-use lowrank_models::{load_config, load_model, AnyModel, TextTokenizer};
+use lowrank_models::{load_config, load_model_with, AnyModel, TextTokenizer};
 use lowrank_peft::{AdapterInfo, LoraAdapters, LoraSite};
 use lowrank_train::checkpoint::{find_checkpoint, load_checkpoint};
 use lowrank_train::config::expand_path;
@@ -142,7 +142,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let samples = test_prompts(&cfg, cfg.report.samples)?;
 
     eprintln!("loading {}", model_path.display());
-    let loaded = load_model(&model_path, &dev, dtype).with_context(|| format!("loading model {}", model_path.display()))?;
+    let loaded = load_model_with(&model_path, &dev, dtype, cfg.model.keep_quantized).with_context(|| format!("loading model {}", model_path.display()))?;
+    let (packed, as_f32) = loaded.weights.packed_bytes();
+    if packed > 0 {
+        eprintln!(
+            "base linear weights kept quantized: {:.0} MiB instead of {:.0} MiB in f32 (model.keep_quantized = false expands them on load)",
+            packed as f64 / 1048576.0,
+            as_f32 as f64 / 1048576.0
+        );
+    }
     let tok = &loaded.tokenizer;
     let train = encode_all(tok, &tpl, &train_pairs, &train_path)?;
     let valid = match &cfg.data.valid {

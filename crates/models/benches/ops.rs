@@ -8,9 +8,12 @@
 //! `RAYON_NUM_THREADS`, and glibc's allocator gets the CLI's settings (no trimming, large blocks
 //! from the heap), as in the trainer. A benchmark, not a test: nothing here asserts a time.
 //! `LOWRANK_BENCH_REPEATS=N` changes the number of timed runs (default 7).
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor, Var};
 use lowrank_models::generate::SplitMix64;
 use lowrank_models::ops::{self, AttentionMask};
+use lowrank_models::packed_matrix::PackedMatrix;
+use lowrank_models::FrozenWeight;
 use std::time::Instant;
 
 const BATCH: usize = 8;
@@ -91,6 +94,14 @@ fn cases() -> candle_core::Result<Vec<Case>> {
     let mask2 = mask.clone();
     let scale = 1.0 / (HEAD_DIM as f64).sqrt();
     let group = HEADS / KV_HEADS;
+    let (mask3, mask4) = (mask.clone(), mask.clone());
+    let down = uniform(&[HIDDEN, MLP], 12)?;
+    let down_dense = FrozenWeight::Dense(down.clone());
+    let down_dense2 = down_dense.clone();
+    let packed = PackedMatrix::from_qtensor(&QTensor::quantize(&frozen, GgmlDType::Q4_1)?)?
+        .ok_or_else(|| candle_core::Error::Msg("Q4_1 not kept packed".into()))?;
+    let expanded = packed.to_tensor(&Device::Cpu)?;
+    let packed = FrozenWeight::Packed(std::sync::Arc::new(packed));
     Ok(vec![
         Case {
             name: "rms_norm (1024, 576)",
@@ -142,6 +153,35 @@ fn cases() -> candle_core::Result<Vec<Case>> {
             // candle's matmul differentiates both operands; the weight is a Var here as it is for
             // any tensor candle cannot tell is frozen.
             composition: Box::new(move |x| x[0].broadcast_matmul(&frozen_var.as_tensor().t()?)),
+        },
+        Case {
+            // Not a fusion: the cost of keeping the weight packed (expanded for each product)
+            // against the same values held in f32; below 1× is that cost.
+            name: "frozen linear, Q4_1 packed vs f32",
+            inputs: vec![var(&[BATCH, SEQ, HIDDEN], 13)?],
+            probe_shape: vec![BATCH, SEQ, MLP],
+            fused: Box::new(move |x| ops::frozen_weight_matmul(&x[0], &packed)),
+            composition: Box::new(move |x| ops::frozen_matmul(&x[0], &expanded)),
+        },
+        Case {
+            name: "swiglu + frozen down (1024, 1536)→576",
+            inputs: vec![var(&[BATCH, SEQ, MLP], 14)?, var(&[BATCH, SEQ, MLP], 15)?],
+            probe_shape: vec![BATCH, SEQ, HIDDEN],
+            fused: Box::new(move |x| ops::swiglu::swiglu_down(&x[0], &x[1], &down_dense)),
+            composition: Box::new(move |x| ops::frozen_weight_matmul(&ops::swiglu::swiglu(&x[0], &x[1])?, &down_dense2)),
+        },
+        Case {
+            // Against the previous path: matmul, the fused masked softmax, matmul, heads to tokens.
+            name: "attention core (8, 9/3 heads, 128, 64)",
+            inputs: vec![var(&[BATCH, HEADS, SEQ, HEAD_DIM], 16)?, var(&[BATCH, KV_HEADS, SEQ, HEAD_DIM], 17)?, var(&[BATCH, KV_HEADS, SEQ, HEAD_DIM], 18)?],
+            probe_shape: vec![BATCH, SEQ, HEADS * HEAD_DIM],
+            fused: Box::new(move |x| ops::attention_core::attention_core(&x[0], &x[1], &x[2], &mask3, scale)),
+            composition: Box::new(move |x| {
+                let q = x[0].reshape((BATCH, KV_HEADS, group * SEQ, HEAD_DIM))?;
+                let probs = ops::masked_softmax(&q.matmul(&x[1].t()?)?, &mask4, scale)?;
+                let ctx = probs.matmul(&x[2])?.reshape((BATCH, HEADS, SEQ, HEAD_DIM))?;
+                ops::heads::from_heads(&ctx)
+            }),
         },
     ])
 }

@@ -2,12 +2,14 @@
 //! Hugging Face layout (Q and K rows un-permuted), tokenizer rebuilt from the metadata.
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::packed_matrix::PackedMatrix;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::Weights;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 fn gguf_err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
     ModelError::Gguf { path: path.to_path_buf(), reason: reason.to_string() }
@@ -92,10 +94,14 @@ impl GgufFile {
         })
     }
 
-    /// All tensors, dequantized to `dtype`, under Hugging Face names.
-    pub fn weights(&self, cfg: &LlamaConfig, device: &Device, dtype: DType) -> Result<Weights> {
+    /// All tensors under Hugging Face names, dequantized to `dtype`; with `keep_packed` (CPU,
+    /// f32) the linear layers' Q4_0 / Q4_1 / Q8_0 weights stay block-quantized instead
+    /// ([`Weights::packed`]).
+    pub fn weights(&self, cfg: &LlamaConfig, device: &Device, dtype: DType, keep_packed: bool) -> Result<Weights> {
+        let keep_packed = keep_packed && device.is_cpu() && dtype == DType::F32;
         let mut f = std::fs::File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
         let mut tensors = BTreeMap::new();
+        let mut packed = BTreeMap::new();
         let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
         names.sort();
         for name in names {
@@ -104,15 +110,37 @@ impl GgufFile {
                 continue;
             };
             let q = self.content.tensor(&mut f, name, &Device::Cpu).map_err(|e| gguf_err(&self.path, format!("tensor `{name}`: {e}")))?;
-            let mut t = q.dequantize(&Device::Cpu).map_err(|e| gguf_err(&self.path, format!("tensor `{name}`: {e}")))?;
-            if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
-                t = unpermute_rotary(&t, cfg.num_attention_heads)?;
+            let rotary_heads = if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
+                Some(cfg.num_attention_heads)
             } else if name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias") {
-                t = unpermute_rotary(&t, cfg.num_key_value_heads)?;
+                Some(cfg.num_key_value_heads)
+            } else {
+                None
+            };
+            if keep_packed && is_linear_weight(name) {
+                let matrix = PackedMatrix::from_qtensor(&q).map_err(|e| gguf_err(&self.path, format!("tensor `{name}`: {e}")))?;
+                if let Some(matrix) = matrix {
+                    let matrix = match rotary_heads {
+                        Some(heads) => {
+                            let (rows, _) = matrix.dims();
+                            if heads == 0 || rows % (2 * heads) != 0 {
+                                return Err(gguf_err(&self.path, format!("tensor `{name}`: {rows} rows do not split into {heads} rotary heads")));
+                            }
+                            matrix.permute_rows(|i| unpermuted_source_row(i, rows / heads))
+                        }
+                        None => matrix,
+                    };
+                    packed.insert(hf, Arc::new(matrix));
+                    continue;
+                }
+            }
+            let mut t = q.dequantize(&Device::Cpu).map_err(|e| gguf_err(&self.path, format!("tensor `{name}`: {e}")))?;
+            if let Some(heads) = rotary_heads {
+                t = unpermute_rotary(&t, heads)?;
             }
             tensors.insert(hf, t.to_dtype(dtype)?.to_device(device)?);
         }
-        Ok(Weights { tensors, source: self.path.display().to_string() })
+        Ok(Weights { tensors, packed, source: self.path.display().to_string() })
     }
 
     /// Rebuilds the byte-level BPE tokenizer stored in the metadata (`tokenizer.ggml.*`).
@@ -174,6 +202,20 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{module}.{kind}"))
+}
+
+/// A linear layer's weight inside a block (`blk.N.attn_q.weight`, `blk.N.ffn_down.weight`, ...).
+fn is_linear_weight(gguf: &str) -> bool {
+    gguf.starts_with("blk.") && gguf.ends_with(".weight") && ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"].iter().any(|p| gguf.contains(&format!(".{p}.")))
+}
+
+/// Row `i` of the un-permuted matrix comes from this row of the stored one (heads of
+/// `head_rows` rows; see [`unpermute_rotary`]): stored `(head, j, parity)` → `(head, parity, j)`.
+fn unpermuted_source_row(i: usize, head_rows: usize) -> usize {
+    let half = head_rows / 2;
+    let (head, within) = (i / head_rows, i % head_rows);
+    let (parity, j) = (within / half, within % half);
+    head * head_rows + j * 2 + parity
 }
 
 /// Undoes llama.cpp's rotary row permutation: rows stored as `(heads, head_dim/2, 2, ...)` back

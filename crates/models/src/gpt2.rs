@@ -71,7 +71,7 @@ impl Gpt2 {
         let wpe = weights.get("transformer.wpe.weight", &[c.n_positions, d])?;
         let norm = |p: String| -> Result<Norm> { Ok(Norm { weight: weights.get(&format!("{p}.weight"), &[d])?, bias: weights.get(&format!("{p}.bias"), &[d])? }) };
         let linear = |path: String, d_in: usize, d_out: usize| -> Result<Arc<dyn LinearLayer>> {
-            let weight = weights.get(&format!("{path}.weight"), &[d_out, d_in])?;
+            let weight = weights.frozen(&format!("{path}.weight"), &[d_out, d_in])?;
             let bias = Some(weights.get(&format!("{path}.bias"), &[d_out])?);
             site.build(BaseLinear { path, weight, bias })
         };

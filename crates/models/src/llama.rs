@@ -4,9 +4,10 @@ use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::Result;
 use crate::linear_site::{BaseLinear, LinearLayer, LinearSite};
 use crate::ops::rms_norm::rms_norm;
-use crate::ops::heads::{from_heads, to_heads};
-use crate::ops::swiglu::swiglu;
-use crate::ops::{masked_softmax, AttentionMask};
+use crate::ops::attention_core::attention_core;
+use crate::ops::heads::to_heads;
+use crate::ops::swiglu::{swiglu, swiglu_down};
+use crate::ops::AttentionMask;
 use crate::weights::Weights;
 pub use crate::kv_cache::KvCache;
 use candle_core::{DType, Device, Tensor, Var};
@@ -83,7 +84,7 @@ impl Llama {
         let (d, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
         let embed_tokens = weights.get("model.embed_tokens.weight", &[v, d])?;
         let linear = |path: String, d_in: usize, d_out: usize, bias: bool| -> Result<Arc<dyn LinearLayer>> {
-            let weight = weights.get(&format!("{path}.weight"), &[d_out, d_in])?;
+            let weight = weights.frozen(&format!("{path}.weight"), &[d_out, d_in])?;
             let bias = if bias { Some(weights.get(&format!("{path}.bias"), &[d_out])?) } else { None };
             site.build(BaseLinear { path, weight, bias })
         };
@@ -121,7 +122,7 @@ impl Llama {
         let freqs = pos.broadcast_mul(&inv)?;
         let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
         let dtype = embed_tokens.dtype();
-        let head = site.build(BaseLinear { path: "lm_head".into(), weight: lm_head.clone(), bias: None })?;
+        let head = site.build(BaseLinear { path: "lm_head".into(), weight: lm_head.clone().into(), bias: None })?;
         Ok(Self {
             activation_checkpointing: false,
             head,
@@ -198,7 +199,11 @@ impl Llama {
         let x = rms_norm(&h, &layer.post_attention_layernorm, eps)?;
         let gate = layer.mlp.gate_proj.forward_t(&x, train)?;
         let up = layer.mlp.up_proj.forward_t(&x, train)?;
-        let m = layer.mlp.down_proj.forward_t(&swiglu(&gate, &up)?, train)?;
+        let m = match layer.mlp.down_proj.as_frozen() {
+            // A frozen down projection fuses with the SwiGLU: its input is never kept.
+            Some(down) if down.bias.is_none() => swiglu_down(&gate, &up, &down.weight)?,
+            _ => layer.mlp.down_proj.forward_t(&swiglu(&gate, &up)?, train)?,
+        };
         Ok((h + m)?)
     }
 
@@ -276,9 +281,7 @@ impl Llama {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
-        let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        let g = h / kvh;
         // (b, t, heads·hd) -> (b, heads, t, hd), q and k rotated on the way.
         let q = to_heads(&attn.q_proj.forward_t(x, train)?, h, Some((cos, sin)))?;
         let mut k = to_heads(&attn.k_proj.forward_t(x, train)?, kvh, Some((cos, sin)))?;
@@ -290,13 +293,8 @@ impl Llama {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        // (b, h, t, hd) -> (b, kvh, g·t, hd): head i uses kv head i / g, as HF's repeat_kv.
-        let q = q.reshape((b, kvh, g * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = q.matmul(&k.t()?)?; // (b, kvh, g·t, t_k)
-        let probs = masked_softmax(&scores, mask, scale)?;
-        let ctx = probs.matmul(&v.contiguous()?)?; // (b, kvh, g·t, hd)
-        let ctx = from_heads(&ctx.reshape((b, h, t, hd))?)?; // (b, t, h·hd)
+        // Head i reads kv head i / g, as HF's repeat_kv, without repeating K/V.
+        let ctx = attention_core(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt())?; // (b, t, h·hd)
         Ok(attn.o_proj.forward_t(&ctx, train)?)
     }
 

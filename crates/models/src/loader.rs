@@ -81,7 +81,7 @@ fn transpose_named(weights: &mut Weights, names: &[String]) -> Result<()> {
 /// The tensors as a Hugging Face checkpoint stores them (Conv1D weights back to `(d_in, d_out)`),
 /// for writing a merged model.
 pub fn checkpoint_tensors(config: &ModelConfig, weights: &Weights) -> Result<BTreeMap<String, Tensor>> {
-    let mut w = weights.clone();
+    let mut w = Weights { tensors: weights.dense_tensors()?, packed: BTreeMap::new(), source: weights.source.clone() };
     transpose_named(&mut w, &config.transposed_weight_names())?;
     Ok(w.tensors)
 }
@@ -89,6 +89,13 @@ pub fn checkpoint_tensors(config: &ModelConfig, weights: &Weights) -> Result<BTr
 /// Loads a Hugging Face folder (`config.json`, `model.safetensors` or a sharded index,
 /// `tokenizer.json`) or a `.gguf` file, with float weights in `dtype`.
 pub fn load_model(path: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    load_model_with(path, device, dtype, false)
+}
+
+/// [`load_model`]; with `keep_quantized` a GGUF file's block-quantized linear weights stay
+/// packed (CPU, f32: each is expanded for its gemm, with the same values), as QLoRA keeps a
+/// 4-bit base model for training.
+pub fn load_model_with(path: &Path, device: &Device, dtype: DType, keep_quantized: bool) -> Result<LoadedModel> {
     if !path.exists() {
         return Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "model path does not exist")));
     }
@@ -96,7 +103,7 @@ pub fn load_model(path: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
         let g = GgufFile::open(path)?;
         let config = g.config()?;
         let tokenizer = g.tokenizer()?;
-        let weights = g.weights(&config, device, dtype)?;
+        let weights = g.weights(&config, device, dtype, keep_quantized)?;
         return Ok(LoadedModel { config: ModelConfig::Llama(config), weights, tokenizer, source: ModelSource::Gguf(path.to_path_buf()) });
     }
     if path.is_file() {

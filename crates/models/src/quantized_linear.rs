@@ -37,7 +37,7 @@ impl QuantizedLinear {
         if base.d_in() % dtype.block_size() != 0 {
             return Ok(None);
         }
-        let q = QTensor::quantize(&base.weight, dtype)?;
+        let q = QTensor::quantize(&base.weight.to_dense()?, dtype)?;
         Ok(Some(Self { path: base.path.clone(), weight: QMatMul::from_qtensor(q)?, bias: base.bias.clone() }))
     }
 }

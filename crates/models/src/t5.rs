@@ -156,7 +156,7 @@ impl T5 {
             weights.get("decoder.embed_tokens.weight", &[v, d])?
         };
         let linear = |path: String, d_in: usize, d_out: usize| -> Result<Arc<dyn LinearLayer>> {
-            let weight = weights.get(&format!("{path}.weight"), &[d_out, d_in])?;
+            let weight = weights.frozen(&format!("{path}.weight"), &[d_out, d_in])?;
             site.build(BaseLinear { path, weight, bias: None })
         };
         let attention = |p: String| -> Result<Attention> {

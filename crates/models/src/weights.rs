@@ -1,18 +1,59 @@
 //! Named tensors of a checkpoint, in Hugging Face naming, loaded from safetensors.
 use crate::error::{ModelError, Result};
+use crate::frozen_weight::FrozenWeight;
+use crate::packed_matrix::PackedMatrix;
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A checkpoint's tensors by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`).
 #[derive(Debug, Clone, Default)]
 pub struct Weights {
     pub tensors: BTreeMap<String, Tensor>,
+    /// Linear weights kept block-quantized (a GGUF base model loaded for training); a name is in
+    /// `tensors` or here, never both.
+    pub packed: BTreeMap<String, Arc<PackedMatrix>>,
     /// Where they came from, for error messages.
     pub source: String,
 }
 
 impl Weights {
+    /// A linear layer's frozen weight `name`, checked against `shape`: packed where it is kept
+    /// packed, dense otherwise.
+    pub fn frozen(&self, name: &str, shape: &[usize]) -> Result<FrozenWeight> {
+        match self.packed.get(name) {
+            Some(p) => {
+                let (r, c) = p.dims();
+                if [r, c] != shape {
+                    return Err(ModelError::ShapeMismatch { name: name.to_string(), expected: shape.to_vec(), actual: vec![r, c] });
+                }
+                Ok(FrozenWeight::Packed(p.clone()))
+            }
+            None => Ok(FrozenWeight::Dense(self.get(name, shape)?)),
+        }
+    }
+
+    /// Sets `name` to a dense tensor (replacing a packed one of that name).
+    pub fn insert(&mut self, name: String, t: Tensor) {
+        self.packed.remove(&name);
+        self.tensors.insert(name, t);
+    }
+
+    /// Every tensor dense (packed ones expanded to f32), for writing a checkpoint.
+    pub fn dense_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = self.tensors.clone();
+        for (name, p) in &self.packed {
+            out.insert(name.clone(), p.to_tensor(&Device::Cpu)?);
+        }
+        Ok(out)
+    }
+
+    /// Bytes held by packed weights, and what they would take in f32.
+    pub fn packed_bytes(&self) -> (usize, usize) {
+        self.packed.values().fold((0, 0), |(s, f), p| (s + p.stored_bytes(), f + 4 * p.dims().0 * p.dims().1))
+    }
+
     /// The tensor `name`, checked against `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get_any(name)?;
@@ -22,20 +63,24 @@ impl Weights {
         Ok(t)
     }
 
+    /// The tensor `name` (a packed one expanded to f32).
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
-        self.tensors
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ModelError::MissingWeight { name: name.to_string(), source_desc: self.source.clone() })
+        if let Some(t) = self.tensors.get(name) {
+            return Ok(t.clone());
+        }
+        match self.packed.get(name) {
+            Some(p) => Ok(p.to_tensor(&Device::Cpu)?),
+            None => Err(ModelError::MissingWeight { name: name.to_string(), source_desc: self.source.clone() }),
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.packed.contains_key(name)
     }
 
     /// Total number of scalar parameters.
     pub fn parameter_count(&self) -> usize {
-        self.tensors.values().map(|t| t.elem_count()).sum()
+        self.tensors.values().map(|t| t.elem_count()).sum::<usize>() + self.packed.values().map(|p| p.dims().0 * p.dims().1).sum::<usize>()
     }
 }
 
@@ -161,5 +206,5 @@ pub fn load_hf_weights(dir: &Path, device: &Device, dtype: DType) -> Result<Weig
     for f in &files {
         tensors.extend(read_safetensors(f, device, Some(dtype))?);
     }
-    Ok(Weights { tensors, source: dir.display().to_string() })
+    Ok(Weights { tensors, packed: BTreeMap::new(), source: dir.display().to_string() })
 }

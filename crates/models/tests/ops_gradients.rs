@@ -125,6 +125,29 @@ fn fused_swiglu_matches_composition() {
     compare_f32("swiglu(up)", &up, &|t| lowrank_models::ops::swiglu::swiglu(&gate, t).unwrap(), &|t| (gate.silu().unwrap() * t).unwrap());
 }
 
+/// SwiGLU followed by a frozen down projection, dense and packed (Q8_0), against the composition
+/// SwiGLU → frozen matmul over the same values: through gate and through up.
+#[test]
+fn fused_swiglu_down_matches_composition() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use lowrank_models::ops::frozen_linear::frozen_weight_matmul;
+    use lowrank_models::ops::swiglu::{swiglu, swiglu_down};
+    use lowrank_models::packed_matrix::PackedMatrix;
+    use lowrank_models::FrozenWeight;
+    use std::sync::Arc;
+    let f32t = |t: Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+    let dense = f32t(rand(&[5, 32], 21));
+    let packed = PackedMatrix::from_qtensor(&QTensor::quantize(&dense, GgmlDType::Q8_0).unwrap()).unwrap().unwrap();
+    let up = f32t(rand(&[2, 3, 32], 22));
+    let gate = f32t((rand(&[2, 3, 32], 23) * 4.0).unwrap());
+    for (kind, w) in [("dense", FrozenWeight::Dense(dense.clone())), ("packed", FrozenWeight::Packed(Arc::new(packed)))] {
+        compare_f32(&format!("swiglu_down {kind} (gate)"), &gate, &|t| swiglu_down(t, &up, &w).unwrap(), &|t| frozen_weight_matmul(&swiglu(t, &up).unwrap(), &w).unwrap());
+        compare_f32(&format!("swiglu_down {kind} (up)"), &up, &|t| swiglu_down(&gate, t, &w).unwrap(), &|t| frozen_weight_matmul(&swiglu(&gate, t).unwrap(), &w).unwrap());
+    }
+    let err = swiglu_down(&gate, &up, &FrozenWeight::Dense(f32t(rand(&[5, 16], 24)))).unwrap_err().to_string();
+    assert!(err.contains("16"), "{err}");
+}
+
 /// `to_heads` (split into heads, rotary embedding on the way) and `from_heads` against reshape →
 /// transpose → contiguous → rotate-half composition, values and gradients.
 #[test]
@@ -146,6 +169,56 @@ fn fused_heads_layout_and_rope_match_composition() {
     compare_f32("from_heads", &y, &|v| from_heads(v).unwrap(), &|v| v.transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap());
     // A width that does not split into the heads is an error, not a panic.
     assert!(to_heads(&x.to_dtype(candle_core::DType::F32).unwrap(), 5, None).is_err());
+}
+
+/// The attention core (grouped-query, K/V not repeated) against HF's recipe written out:
+/// repeat_kv, scores, additive mask, softmax, weighted sum, heads back to tokens; values and
+/// gradients through q, k and v, with padding, after cached positions, and not causal; and a
+/// second backward over the same graph (probabilities recomputed) gives the same gradients.
+#[test]
+fn fused_attention_core_matches_repeat_kv_composition() {
+    use lowrank_models::ops::attention_core::attention_core;
+    use lowrank_models::ops::masked_softmax::AttentionMask;
+    let f32t = |t: Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+    let (b, h, kvh, d) = (2usize, 4usize, 2usize, 8usize);
+    let keep = std::sync::Arc::new(vec![vec![1u8, 1, 1, 1, 1], vec![1, 1, 1, 0, 0]]);
+    let cases = [
+        ("causal, padded", AttentionMask { t_q: 5, offset: 0, key_keep: Some(keep), causal: true }, 5usize),
+        ("causal, after 4 cached", AttentionMask { t_q: 3, offset: 4, key_keep: None, causal: true }, 7),
+        ("not causal", AttentionMask { t_q: 5, offset: 0, key_keep: None, causal: false }, 5),
+    ];
+    for (name, mask, tk) in cases {
+        let t = mask.t_q;
+        let scale = 1.0 / (d as f64).sqrt();
+        let reference = |q: &Tensor, k: &Tensor, v: &Tensor| -> Tensor {
+            let rep = |x: &Tensor| x.unsqueeze(2).unwrap().broadcast_as((b, kvh, h / kvh, tk, d)).unwrap().reshape((b, h, tk, d)).unwrap();
+            let scores = (q.matmul(&rep(k).t().unwrap()).unwrap() * scale).unwrap();
+            let add = mask.additive(b, tk, &Device::Cpu).unwrap().reshape((b, 1, t, tk)).unwrap();
+            let probs = lowrank_models::ops::norms::softmax_last(&scores.broadcast_add(&add).unwrap()).unwrap();
+            probs.matmul(&rep(v)).unwrap().transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
+        };
+        let q0 = (rand(&[b, h, t, d], 31) * 2.0).unwrap();
+        let k0 = (rand(&[b, kvh, tk, d], 32) * 2.0).unwrap();
+        let v0 = rand(&[b, kvh, tk, d], 33);
+        let (q, k, v) = (f32t(q0.clone()), f32t(k0.clone()), f32t(v0.clone()));
+        compare_f32(&format!("attention core {name} (q)"), &q0, &|x| attention_core(x, &k, &v, &mask, scale).unwrap(), &|x| reference(x, &k, &v));
+        compare_f32(&format!("attention core {name} (k)"), &k0, &|x| attention_core(&q, x, &v, &mask, scale).unwrap(), &|x| reference(&q, x, &v));
+        compare_f32(&format!("attention core {name} (v)"), &v0, &|x| attention_core(&q, &k, x, &mask, scale).unwrap(), &|x| reference(&q, &k, x));
+        let qv = Var::from_tensor(&q).unwrap();
+        let y = attention_core(qv.as_tensor(), &k, &v, &mask, scale).unwrap();
+        let probe = f32t(rand(y.dims(), 34));
+        let loss = (y * &probe).unwrap().sum_all().unwrap();
+        let first = loss.backward().unwrap().get(qv.as_tensor()).unwrap().clone();
+        let second = loss.backward().unwrap().get(qv.as_tensor()).unwrap().clone();
+        let diff = (first - second).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0, "{name}: a second backward differs by {diff}");
+    }
+    let bad = attention_core(&f32t(rand(&[1, 3, 2, 4], 35)), &f32t(rand(&[1, 2, 2, 4], 36)), &f32t(rand(&[1, 2, 2, 4], 37)), &cases_mask(), 1.0);
+    assert!(bad.is_err(), "3 query heads over 2 kv heads must be an error");
+}
+
+fn cases_mask() -> lowrank_models::ops::masked_softmax::AttentionMask {
+    lowrank_models::ops::masked_softmax::AttentionMask { t_q: 2, offset: 0, key_keep: None, causal: true }
 }
 
 #[test]

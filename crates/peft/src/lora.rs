@@ -214,7 +214,7 @@ impl LoraAdapters {
                     let key = format!("{}.weight", m.path);
                     let w = weights.get(&key, &[m.d_out(), m.d_in()])?;
                     let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
-                    weights.tensors.insert(key, merged);
+                    weights.insert(key, merged);
                 }
                 Some((parent, idx)) => {
                     let key = format!("{parent}.weight");
@@ -226,7 +226,7 @@ impl LoraAdapters {
                     }
                     let block = (w.narrow(0, off, m.d_out())?.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
                     let merged = w.slice_assign(&[off..off + m.d_out(), 0..cols], &block)?;
-                    weights.tensors.insert(key, merged);
+                    weights.insert(key, merged);
                 }
             }
         }

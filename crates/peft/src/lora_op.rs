@@ -4,11 +4,13 @@
 //! The branch is accumulated into the base product in place, so neither the base output nor the
 //! delta is kept for the backward. Backward (`g: (n, d_out)`, `u = s·(g·B): (n, r)`):
 //! `dx = g·W + (u·A)⊙m`, `dA = uᵀ·(x⊙m)`, `dB = s·gᵀ·((x⊙m)·Aᵀ)`.
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use lowrank_models::FrozenWeight;
 use std::sync::Arc;
 
 pub struct FusedLora {
-    pub weight: Tensor,
+    /// `(d_out, d_in)`, dense f32 or packed.
+    pub weight: FrozenWeight,
     pub bias: Option<Tensor>,
     pub scale: f32,
     /// Inverted-dropout mask over `x` (`n · d_in` values), training only.
@@ -56,16 +58,11 @@ impl CustomOp3 for FusedLora {
         let (d_out, r2) = lb.shape().dims2()?;
         let (wo, wi) = self.weight.dims2()?;
         if r != r2 || wi != d_in || wo != d_out || lx.dims().last() != Some(&d_in) {
-            return Err(msg(format!("fused-lora: shapes x {:?}, A {:?}, B {:?}, W {:?} do not fit", lx.dims(), la.dims(), lb.dims(), self.weight.dims())));
+            return Err(msg(format!("fused-lora: shapes x {:?}, A {:?}, B {:?}, W ({wo}, {wi}) do not fit", lx.dims(), la.dims(), lb.dims())));
         }
         let n = x.len() / d_in;
         let mut y = vec![0f32; n * d_out];
-        let (ws, wl) = self.weight.storage_and_layout();
-        let w = match &*ws {
-            Storage::Cpu(c) => f32s(c, wl, "W")?,
-            _ => return Err(msg("fused-lora: cpu only")),
-        };
-        gemm_into(&mut y, x, w, (n, d_out, d_in), (d_in as isize, 1), false, 1.0);
+        self.weight.with_f32("fused-lora", |w| gemm_into(&mut y, x, w, (n, d_out, d_in), (d_in as isize, 1), false, 1.0))?;
         // xa = (x ⊙ m) · Aᵀ : (n, r)
         let mut xa = vec![0f32; n * r];
         match &self.mask {

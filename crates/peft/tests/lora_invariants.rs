@@ -151,7 +151,7 @@ fn fused_lora_op_matches_the_composition_with_and_without_dropout() {
     let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &dev).unwrap();
     perturb(&adapters);
     let module = adapters.modules["model.layers.0.self_attn.v_proj"].clone();
-    let base = BaseLinear { path: module.path.clone(), weight: m.weights.get_any("model.layers.0.self_attn.v_proj.weight").unwrap(), bias: Some(Tensor::randn(0f32, 1.0, 32, &dev).unwrap()) };
+    let base = BaseLinear { path: module.path.clone(), weight: m.weights.get_any("model.layers.0.self_attn.v_proj.weight").unwrap().into(), bias: Some(Tensor::randn(0f32, 1.0, 32, &dev).unwrap()) };
     let layer = LoraLinear { base, module: module.clone(), dropout: 0.3, rng: adapters.dropout_rng.clone() };
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 64), &dev).unwrap()).unwrap();
     let probe = Tensor::randn(0f32, 1.0, (2, 3, 32), &dev).unwrap();

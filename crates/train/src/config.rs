@@ -14,11 +14,15 @@ pub struct ModelSection {
     pub path: String,
     /// Compute dtype: `f32` (default), `bf16` or `f16`.
     pub dtype: String,
+    /// A GGUF base model's Q4_0 / Q4_1 / Q8_0 linear weights stay block-quantized during
+    /// training and are expanded for each product (QLoRA-style; same values, a sixth of the f32
+    /// memory for Q4). Default true; CPU and f32 only.
+    pub keep_quantized: bool,
 }
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self { path: String::new(), dtype: "f32".into() }
+        Self { path: String::new(), dtype: "f32".into(), keep_quantized: true }
     }
 }
 

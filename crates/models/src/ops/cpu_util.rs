@@ -1,4 +1,5 @@
-//! Helpers for the CPU custom ops: contiguous f32 views of op inputs.
+//! Helpers for the CPU custom ops: contiguous f32 views of op inputs, and the macro that compiles
+//! a slice kernel twice (AVX2 + FMA picked at run time, and the baseline target).
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 
 pub fn msg(s: impl Into<String>) -> candle_core::Error {
@@ -27,3 +28,27 @@ pub fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> candle_core::
 pub fn fused_ok(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
+
+/// Defines `pub fn name(args) -> ret { body }` compiled twice: once with AVX2 + FMA enabled
+/// (called when the CPU has them, checked at run time) and once for the baseline target. The
+/// compiler never contracts `a * b + c` into an FMA on its own, so both give the same bits
+/// wherever the body does not call `mul_add`.
+macro_rules! simd_versions {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn simd($($arg: $ty),*) -> $ret $body
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                    return unsafe { simd($($arg),*) };
+                }
+            }
+            fn plain($($arg: $ty),*) -> $ret $body
+            plain($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_versions;

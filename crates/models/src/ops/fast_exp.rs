@@ -37,24 +37,7 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-macro_rules! simd_versions {
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
-        $(#[$doc])*
-        pub fn $name($($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    #[target_feature(enable = "avx2,fma")]
-                    unsafe fn simd($($arg: $ty),*) -> $ret $body
-                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                    return unsafe { simd($($arg),*) };
-                }
-            }
-            fn plain($($arg: $ty),*) -> $ret $body
-            plain($($arg),*)
-        }
-    };
-}
+use super::cpu_util::simd_versions;
 
 simd_versions! {
     /// `out[i] = e^(x[i]·scale − shift)`, returning `Σ out[i]` (summed in eight lanes).

@@ -2,7 +2,9 @@
 //!
 //! candle's matmul backward always computes the gradient of both operands; for a frozen base
 //! weight that is wasted work (about a third of a LoRA step). This op keeps `W` inside the op, so
-//! autograd never sees it as an operand.
+//! autograd never sees it as an operand. The weight may be kept packed (block-quantized); it is
+//! then expanded to f32 for each product.
+use crate::frozen_weight::FrozenWeight;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 
@@ -10,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 #[derive(Clone, Debug)]
 pub struct FrozenMatmul {
     /// `(d_out, d_in)`, contiguous.
-    pub weight: Tensor,
+    pub weight: FrozenWeight,
     /// When true the op computes `x · W` instead (`x: (..., d_out) -> (..., d_in)`): the backward.
     pub transposed: bool,
 }
@@ -78,6 +80,27 @@ pub(crate) mod num_zero {
     }
 }
 
+/// `x (m, k) · W` over a dense CPU weight of x's dtype, read with the given strides.
+fn dense_gemm(storage: &CpuStorage, x: std::ops::Range<usize>, weight: &Tensor, mnk: (usize, usize, usize), strides: (isize, isize)) -> candle_core::Result<CpuStorage> {
+    let (w_storage, w_layout) = weight.storage_and_layout();
+    let (ws, we) = w_layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: weight must be contiguous".into()))?;
+    Ok(match (storage, &*w_storage) {
+        (CpuStorage::F32(xs), Storage::Cpu(CpuStorage::F32(w))) => CpuStorage::F32(gemm_xw(&xs[x], &w[ws..we], mnk, strides)),
+        (CpuStorage::BF16(xs), Storage::Cpu(CpuStorage::BF16(w))) => CpuStorage::BF16(gemm_xw(&xs[x], &w[ws..we], mnk, strides)),
+        (CpuStorage::F16(xs), Storage::Cpu(CpuStorage::F16(w))) => CpuStorage::F16(gemm_xw(&xs[x], &w[ws..we], mnk, strides)),
+        (CpuStorage::F64(xs), Storage::Cpu(CpuStorage::F64(w))) => CpuStorage::F64(gemm_xw(&xs[x], &w[ws..we], mnk, strides)),
+        _ => {
+            return Err(candle_core::Error::Msg(format!(
+                "frozen-matmul: input dtype {:?} and weight dtype {:?} must match (f32, f16, bf16 or f64 on cpu)",
+                storage.dtype(),
+                weight.dtype()
+            )))
+        }
+    })
+}
+
 impl CustomOp1 for FrozenMatmul {
     fn name(&self) -> &'static str {
         "frozen-matmul"
@@ -96,7 +119,7 @@ impl CustomOp1 for FrozenMatmul {
         if last != k {
             return Err(candle_core::Error::ShapeMismatchBinaryOp {
                 lhs: layout.shape().clone(),
-                rhs: self.weight.shape().clone(),
+                rhs: Shape::from((rows, cols)),
                 op: "frozen-matmul",
             });
         }
@@ -104,33 +127,16 @@ impl CustomOp1 for FrozenMatmul {
         let (start, end) = layout
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: input must be contiguous".into()))?;
-        let (w_storage, w_layout) = self.weight.storage_and_layout();
-        let (ws, we) = w_layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: weight must be contiguous".into()))?;
         let mut out_dims = dims.to_vec();
         let last_dim = out_dims.len() - 1;
         out_dims[last_dim] = n;
-        let out = match (storage, &*w_storage) {
-            (CpuStorage::F32(x), Storage::Cpu(CpuStorage::F32(w))) => {
-                CpuStorage::F32(gemm_xw(&x[start..end], &w[ws..we], (m, n, k), strides))
-            }
-            (CpuStorage::BF16(x), Storage::Cpu(CpuStorage::BF16(w))) => {
-                CpuStorage::BF16(gemm_xw(&x[start..end], &w[ws..we], (m, n, k), strides))
-            }
-            (CpuStorage::F16(x), Storage::Cpu(CpuStorage::F16(w))) => {
-                CpuStorage::F16(gemm_xw(&x[start..end], &w[ws..we], (m, n, k), strides))
-            }
-            (CpuStorage::F64(x), Storage::Cpu(CpuStorage::F64(w))) => {
-                CpuStorage::F64(gemm_xw(&x[start..end], &w[ws..we], (m, n, k), strides))
-            }
-            _ => {
-                return Err(candle_core::Error::Msg(format!(
-                    "frozen-matmul: input dtype {:?} and weight dtype {:?} must match (f32, f16, bf16 or f64 on cpu)",
-                    storage.dtype(),
-                    self.weight.dtype()
-                )))
-            }
+        let x_range = start..end;
+        let out = match &self.weight {
+            FrozenWeight::Packed(_) => match storage {
+                CpuStorage::F32(x) => CpuStorage::F32(self.weight.with_f32("frozen-matmul", |w| gemm_xw(&x[x_range], w, (m, n, k), strides))?),
+                _ => return Err(candle_core::Error::Msg(format!("frozen-matmul: a packed weight needs f32 input, got {:?}", storage.dtype()))),
+            },
+            FrozenWeight::Dense(weight) => dense_gemm(storage, x_range, weight, (m, n, k), strides)?,
         };
         Ok((out, Shape::from(out_dims)))
     }
@@ -148,19 +154,26 @@ impl CustomOp1 for FrozenMatmul {
 /// On CPU it runs the gemm directly; elsewhere it falls back to a matmul against a detached
 /// weight (which candle then still differentiates for the weight, at a cost but correctly).
 pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    frozen_weight_matmul(x, &FrozenWeight::Dense(weight.clone()))
+}
+
+/// [`frozen_matmul`] over a dense or packed frozen weight.
+pub fn frozen_weight_matmul(x: &Tensor, weight: &FrozenWeight) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() != DType::U32 {
         x.contiguous()?.apply_op1(FrozenMatmul { weight: weight.clone(), transposed: false })
     } else {
-        x.broadcast_matmul(&weight.detach().t()?)
+        let w = weight.to_dense()?.to_device(x.device())?;
+        x.broadcast_matmul(&w.detach().t()?)
     }
 }
 
 /// `g: (..., d_out) · weight: (d_out, d_in) -> (..., d_in)` outside the autograd graph (the input
 /// gradient of a frozen linear layer).
-pub fn frozen_matmul_t(g: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+pub fn frozen_matmul_t(g: &Tensor, weight: &FrozenWeight) -> candle_core::Result<Tensor> {
     if g.device().is_cpu() {
         g.contiguous()?.apply_op1_no_bwd(&FrozenMatmul { weight: weight.clone(), transposed: true })
     } else {
-        g.detach().broadcast_matmul(&weight.detach())
+        let w = weight.to_dense()?.to_device(g.device())?;
+        g.detach().broadcast_matmul(&w.detach())
     }
 }

@@ -43,6 +43,47 @@ impl AttentionMask {
     }
 }
 
+/// One row of `softmax(scale · x + mask)`: query position `q` of batch row `b`, `x, y: t_k`.
+pub(super) fn masked_softmax_row(mask: &AttentionMask, scale: f32, b: usize, q: usize, xr: &[f32], yr: &mut [f32]) {
+    let tk = xr.len();
+    // No padding (and a positive scale, as attention's 1/sqrt(d) or T5's 1): the
+    // visible keys are one prefix of the row, done in SIMD passes.
+    if mask.key_keep.is_none() && scale > 0.0 {
+        let visible = if mask.causal { (q + mask.offset + 1).min(tk) } else { tk };
+        let max = fast_exp::max_of(&xr[..visible]) * scale;
+        if visible == 0 || !max.is_finite() {
+            // No visible key (or non-finite scores): uniform, as the composition with an
+            // all-minimum additive mask gives.
+            yr.iter_mut().for_each(|v| *v = 1.0 / tk as f32);
+            return;
+        }
+        let (seen, hidden) = yr.split_at_mut(visible);
+        hidden.iter_mut().for_each(|v| *v = 0.0);
+        let inv = 1.0 / fast_exp::exp_scaled_shifted_into(&xr[..visible], scale, max, seen);
+        seen.iter_mut().for_each(|v| *v *= inv);
+        return;
+    }
+    let mut max = f32::NEG_INFINITY;
+    for k in 0..tk {
+        if mask.allowed(b, q, k) {
+            max = max.max(xr[k] * scale);
+        }
+    }
+    if max == f32::NEG_INFINITY {
+        // No visible key: uniform, as an all-minimum additive mask gives.
+        yr.iter_mut().for_each(|v| *v = 1.0 / tk as f32);
+        return;
+    }
+    let mut sum = 0f32;
+    for k in 0..tk {
+        let e = if mask.allowed(b, q, k) { fast_exp::exp(xr[k] * scale - max) } else { 0.0 };
+        yr[k] = e;
+        sum += e;
+    }
+    let inv = 1.0 / sum;
+    yr.iter_mut().for_each(|v| *v *= inv);
+}
+
 struct MaskedSoftmax {
     mask: AttentionMask,
     scale: f32,
@@ -66,44 +107,7 @@ impl CustomOp1 for MaskedSoftmax {
         let t_q = self.mask.t_q.max(1);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(tk).zip(x.par_chunks(tk)).enumerate().for_each(|(row, (yr, xr))| {
-            let b = row / (xh * r);
-            let q = (row % r) % t_q;
-            // No padding (and a positive scale, as attention's 1/sqrt(d) or T5's 1): the
-            // visible keys are one prefix of the row, done in SIMD passes.
-            if self.mask.key_keep.is_none() && self.scale > 0.0 {
-                let visible = if self.mask.causal { (q + self.mask.offset + 1).min(tk) } else { tk };
-                let max = fast_exp::max_of(&xr[..visible]) * self.scale;
-                if visible == 0 || !max.is_finite() {
-                    // No visible key (or non-finite scores): uniform, as the composition with an
-                    // all-minimum additive mask gives.
-                    yr.iter_mut().for_each(|v| *v = 1.0 / tk as f32);
-                    return;
-                }
-                let (seen, hidden) = yr.split_at_mut(visible);
-                hidden.iter_mut().for_each(|v| *v = 0.0);
-                let inv = 1.0 / fast_exp::exp_scaled_shifted_into(&xr[..visible], self.scale, max, seen);
-                seen.iter_mut().for_each(|v| *v *= inv);
-                return;
-            }
-            let mut max = f32::NEG_INFINITY;
-            for k in 0..tk {
-                if self.mask.allowed(b, q, k) {
-                    max = max.max(xr[k] * self.scale);
-                }
-            }
-            if max == f32::NEG_INFINITY {
-                // No visible key: uniform, as an all-minimum additive mask gives.
-                yr.iter_mut().for_each(|v| *v = 1.0 / tk as f32);
-                return;
-            }
-            let mut sum = 0f32;
-            for k in 0..tk {
-                let e = if self.mask.allowed(b, q, k) { fast_exp::exp(xr[k] * self.scale - max) } else { 0.0 };
-                yr[k] = e;
-                sum += e;
-            }
-            let inv = 1.0 / sum;
-            yr.iter_mut().for_each(|v| *v *= inv);
+            masked_softmax_row(&self.mask, self.scale, row / (xh * r), (row % r) % t_q, xr, yr);
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
