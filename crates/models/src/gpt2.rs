@@ -7,7 +7,9 @@ use crate::error::{ModelError, Result};
 use crate::gpt2_config::Gpt2Config;
 use crate::kv_cache::KvCache;
 use crate::linear_site::{BaseLinear, LinearLayer, LinearSite};
-use crate::ops::{frozen_matmul, masked_softmax, AttentionMask};
+use crate::ops::attention_core::attention_core;
+use crate::ops::heads::to_heads;
+use crate::ops::{frozen_matmul, AttentionMask};
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor, D};
 use std::sync::Arc;
@@ -143,10 +145,11 @@ impl Gpt2 {
     /// Causal self-attention over the fused projection: `x: (b, t, d) -> (b, t, d)`.
     fn attention(&self, blk: &Block, x: &Tensor, mask: &AttentionMask, train: bool, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let c = &self.config;
-        let (b, t, d) = x.dims3()?;
+        let d = x.dim(2)?;
         let (nh, hd) = (c.n_head, c.head_dim());
         let qkv = blk.c_attn.forward_t(x, train)?; // (b, t, 3d)
-        let split = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i * d, d)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?) };
+        // (b, t, d) -> (b, nh, t, hd) each.
+        let split = |i: usize| -> Result<Tensor> { Ok(to_heads(&qkv.narrow(2, i * d, d)?.contiguous()?, nh, None)?) };
         let q = split(0)?;
         let mut k = split(1)?;
         let mut v = split(2)?;
@@ -157,9 +160,7 @@ impl Gpt2 {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let scores = q.matmul(&k.t()?)?; // (b, nh, t, t_k)
-        let probs = masked_softmax(&scores, mask, 1.0 / (hd as f64).sqrt())?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let ctx = attention_core(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt())?; // (b, t, d)
         Ok(blk.attn_c_proj.forward_t(&ctx, train)?)
     }
 
