@@ -106,6 +106,13 @@ fn relayout(x: &[f32], dims: Dims, to_tokens: bool) -> Vec<f32> {
     out
 }
 
+/// The checked sizes and the f32 data of `(q, k, v)`.
+type Operands<'a> = (Dims, &'a [f32], &'a [f32], &'a [f32]);
+
+fn operands<'a>((sq, lq): (&'a CpuStorage, &Layout), (sk, lk): (&'a CpuStorage, &Layout), (sv, lv): (&'a CpuStorage, &Layout), op: &str) -> candle_core::Result<Operands<'a>> {
+    Ok((Dims::of(lq, lk, lv)?, f32_slice(sq, lq, op)?, f32_slice(sk, lk, op)?, f32_slice(sv, lv, op)?))
+}
+
 struct AttentionCore {
     mask: AttentionMask,
     scale: f32,
@@ -127,8 +134,7 @@ impl CustomOp3 for AttentionCore {
     }
 
     fn cpu_fwd(&self, sq: &CpuStorage, lq: &Layout, sk: &CpuStorage, lk: &Layout, sv: &CpuStorage, lv: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = Dims::of(lq, lk, lv)?;
-        let (q, k, v) = (f32_slice(sq, lq, "attention-core")?, f32_slice(sk, lk, "attention-core")?, f32_slice(sv, lv, "attention-core")?);
+        let (dims, q, k, v) = operands((sq, lq), (sk, lk), (sv, lv), "attention-core")?;
         let Dims { b, h, t, tk, d, .. } = dims;
         let rows = dims.g() * t;
         let p = probabilities(q, k, dims, &self.mask, self.scale);
@@ -161,8 +167,7 @@ impl CustomOp3 for AttentionCoreGrad {
     }
 
     fn cpu_fwd(&self, sq: &CpuStorage, lq: &Layout, sk: &CpuStorage, lk: &Layout, sv: &CpuStorage, lv: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = Dims::of(lq, lk, lv)?;
-        let (q, k, v) = (f32_slice(sq, lq, "attention-core-grad")?, f32_slice(sk, lk, "attention-core-grad")?, f32_slice(sv, lv, "attention-core-grad")?);
+        let (dims, q, k, v) = operands((sq, lq), (sk, lk), (sv, lv), "attention-core-grad")?;
         let Dims { b, h, t, tk, d, .. } = dims;
         let rows = dims.g() * t;
         let g_ctx = {

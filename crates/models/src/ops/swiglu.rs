@@ -33,22 +33,28 @@ impl CustomOp2 for SwiGlu {
     }
 }
 
+/// `[d gate; d up]` as one `(2, ...)` storage from `gate`, `up` and the gradient `g` of
+/// `silu(gate) ⊙ up`, all of `gate`'s layout.
+fn both_gradients(a: &[f32], b: &[f32], g: &[f32], layout: &Layout) -> (CpuStorage, Shape) {
+    let n = a.len();
+    let mut out = vec![0f32; 2 * n];
+    let (dg, du) = out.split_at_mut(n);
+    dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (og, ou))| {
+        let r = c * CHUNK..c * CHUNK + og.len();
+        fast_exp::swiglu_grad_into(&a[r.clone()], &b[r.clone()], &g[r], og, ou);
+    });
+    let mut dims = vec![2];
+    dims.extend_from_slice(layout.dims());
+    (CpuStorage::F32(out), Shape::from(dims))
+}
+
 impl CustomOp3 for SwiGluGrad {
     fn name(&self) -> &'static str {
         "swiglu-grad"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (a, b, g) = (f32_slice(s1, l1, "swiglu-grad")?, f32_slice(s2, l2, "swiglu-grad")?, f32_slice(s3, l3, "swiglu-grad")?);
-        let n = a.len();
-        let mut out = vec![0f32; 2 * n];
-        let (dg, du) = out.split_at_mut(n);
-        dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (og, ou))| {
-            let r = c * CHUNK..c * CHUNK + og.len();
-            fast_exp::swiglu_grad_into(&a[r.clone()], &b[r.clone()], &g[r], og, ou);
-        });
-        let mut dims = vec![2];
-        dims.extend_from_slice(l1.dims());
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok(both_gradients(a, b, g, l1))
     }
 }
 
@@ -119,16 +125,7 @@ impl CustomOp3 for SwiGluDownGrad {
         }
         // ds = g · down: (rows, d) · (d, f), the weight read row-major.
         let ds = self.weight.with_f32("swiglu-down-grad", |w| gemm_xw(g, w, (rows, f, d), (1, f as isize)))?;
-        let n = a.len();
-        let mut out = vec![0f32; 2 * n];
-        let (dg, du) = out.split_at_mut(n);
-        dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (og, ou))| {
-            let r = c * CHUNK..c * CHUNK + og.len();
-            fast_exp::swiglu_grad_into(&a[r.clone()], &b[r.clone()], &ds[r], og, ou);
-        });
-        let mut dims = vec![2];
-        dims.extend_from_slice(l1.dims());
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok(both_gradients(a, b, &ds, l1))
     }
 }
 
