@@ -136,6 +136,41 @@ fn gguf_base_trains_and_its_adapter_loads_on_the_hf_model() {
     assert_eq!(on_gguf, on_hf);
 }
 
+/// The main job's path on a 4-bit GGUF: training keeps the Q4_1 weights packed (and says so),
+/// and gives the same losses, sample texts and adapter as with the weights expanded on load.
+#[test]
+fn packed_gguf_base_trains_as_the_expanded_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path(), 8);
+    let cfg = write_config(tmp.path(), &data, "[report]\nsamples = 2\nmax_new_tokens = 6");
+    let gguf = root().join("tests/fixtures/tiny-llama/model-q4_1.gguf");
+    let mut runs = Vec::new();
+    for keep in [true, false] {
+        let out = tmp.path().join(format!("keep-{keep}"));
+        let res = run(bin()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--set")
+            .arg(format!("model.path=\"{}\"", gguf.display()))
+            .args(["--set", &format!("model.keep_quantized={keep}")])
+            .arg("--set")
+            .arg(format!("data.test=\"{}\"", data.display()))
+            .args(["--set", "train.steps=3"])
+            .arg("--output")
+            .arg(&out));
+        ok(&res);
+        let stderr = String::from_utf8_lossy(&res.stderr).to_string();
+        assert_eq!(stderr.contains("base linear weights kept quantized"), keep, "{stderr}");
+        let samples = std::fs::read_to_string(out.join("samples.jsonl")).unwrap();
+        let adapter = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
+        runs.push((losses(&out), samples, adapter));
+    }
+    assert_eq!(runs[0].0, runs[1].0, "losses differ");
+    assert_eq!(runs[0].1, runs[1].1, "sample texts differ");
+    assert!(runs[0].0.len() >= 3 && runs[0].1.lines().count() == 2);
+    assert!(runs[0].2 == runs[1].2, "adapters differ");
+}
+
 #[test]
 fn inspect_counts_like_peft() {
     let out = ok(&run(bin().arg("inspect").arg(tiny()).args(["--lora", "r=8,targets=q_proj,v_proj"])));
