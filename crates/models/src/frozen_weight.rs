@@ -39,10 +39,6 @@ impl FrozenWeight {
         }
     }
 
-    pub fn is_packed(&self) -> bool {
-        matches!(self, Self::Packed(_))
-    }
-
     /// The weight as a dense tensor (a packed one expanded to f32 on the CPU).
     pub fn to_dense(&self) -> candle_core::Result<Tensor> {
         match self {

@@ -83,10 +83,6 @@ impl PackedMatrix {
         Ok(Some(Self { format, rows, cols, bytes: data.into_owned() }))
     }
 
-    pub fn format(&self) -> BlockFormat {
-        self.format
-    }
-
     /// `(rows, cols)`.
     pub fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)
