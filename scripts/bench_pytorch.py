@@ -23,6 +23,8 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--merged", action="store_true", help="with --generate: merge the adapter first")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="the base model's dtype (LoRA weights stay f32)")
     a = ap.parse_args()
 
     import torch
@@ -31,18 +33,22 @@ def main():
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     path = os.path.expanduser(a.model)
     if path.endswith(".gguf"):
-        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), torch_dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
     targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
+    # PEFT keeps the LoRA weights in f32 on a bf16 model (autocast_adapter_dtype, its default), as lowrank does.
     model = get_peft_model(model, LoraConfig(r=a.rank, lora_alpha=2 * a.rank, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM"))
+    model = model.to(a.device)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     if a.generate:
         return bench_generate(model, a, torch)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
-    ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq))
+    ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq)).to(a.device)
     times, first_loss = [], None
     for i in range(a.steps + 1):
         t = time.perf_counter()
@@ -50,6 +56,7 @@ def main():
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         if first_loss is None:
             first_loss = out.loss.item()
         if i > 0:
@@ -58,13 +65,21 @@ def main():
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(json.dumps({
         "bench": "train", "impl": f"pytorch {torch.__version__} + peft", "model": a.model,
-        "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets, "dtype": "f32",
+        "device": a.device, "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets, "dtype": a.dtype,
         "threads": a.threads, "steps": a.steps,
         "tokens_per_s": a.batch * a.seq / med, "step_ms": med * 1000,
         "step_ms_min": min(times) * 1000, "step_ms_max": max(times) * 1000,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "trainable_params": trainable, "first_loss": first_loss,
+        "trainable_params": trainable, "first_loss": first_loss, **gpu_memory(a, torch),
     }))
+
+
+def gpu_memory(a, torch):
+    """PyTorch's own peak GPU figures (tensors, and what its caching allocator held)."""
+    if not a.device.startswith("cuda"):
+        return {}
+    return {"gpu_peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "gpu_peak_reserved_mib": torch.cuda.max_memory_reserved() / 2**20}
 
 
 def bench_generate(model, a, torch):
@@ -75,7 +90,8 @@ def bench_generate(model, a, torch):
             torch.nn.init.constant_(p, 0.01)
     if a.merged:
         model = model.merge_and_unload()
-    ids = torch.randint(0, model.config.vocab_size, (1, a.prompt_tokens))
+    ids = torch.randint(0, model.config.vocab_size, (1, a.prompt_tokens)).to(a.device)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     times = []
     with torch.no_grad():
         for i in range(a.steps + 1):
@@ -83,12 +99,13 @@ def bench_generate(model, a, torch):
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.new_tokens,
                                  min_new_tokens=a.new_tokens, do_sample=False)
             assert out.shape[1] == a.prompt_tokens + a.new_tokens
+            sync()
             if i > 0:
                 times.append(time.perf_counter() - t)
     med = statistics.median(times)
     print(json.dumps({
         "bench": "generate", "impl": f"pytorch {torch.__version__} + peft", "model": a.model,
-        "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "adapter": "merged" if a.merged else "unmerged",
+        "device": a.device, "dtype": a.dtype, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "adapter": "merged" if a.merged else "unmerged",
         "threads": a.threads, "repeats": a.steps, "tokens_per_s": a.new_tokens / med, "seconds": med,
         "seconds_min": min(times), "seconds_max": max(times),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

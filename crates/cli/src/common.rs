@@ -35,8 +35,35 @@ pub fn compute_dtype(s: &str) -> Result<DType> {
     Ok(d)
 }
 
+static SELECTED_DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+
+/// Chooses the device every command computes on, from `--device`: `cpu` (the default), `cuda` or
+/// `cuda:N`. Called once, before any command runs; a CUDA device is created once and shared, since
+/// candle treats two handles on the same GPU as different devices.
+pub fn select_device(spec: &str) -> Result<()> {
+    let dev = match spec {
+        "cpu" => Device::Cpu,
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                None => 0,
+                Some(n) => n.parse::<usize>().with_context(|| format!("--device {s}: `{n}` is not a GPU number"))?,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                anyhow::bail!("--device {s}: this build of lowrank has no CUDA support (build it with `cargo build --release --features cuda`)");
+            }
+            let dev = Device::new_cuda(ordinal).with_context(|| format!("--device {s}: opening CUDA device {ordinal}"))?;
+            lowrank_models::allocator::tune_gpu_allocator(&dev).with_context(|| format!("--device {s}"))?;
+            dev
+        }
+        other => anyhow::bail!("unknown device `{other}` (cpu, cuda, cuda:N)"),
+    };
+    let _ = SELECTED_DEVICE.set(dev);
+    Ok(())
+}
+
+/// The device chosen by `--device` (the CPU unless one was chosen).
 pub fn device() -> Device {
-    Device::Cpu
+    SELECTED_DEVICE.get().cloned().unwrap_or(Device::Cpu)
 }
 
 /// `1234567` → `1,234,567`.

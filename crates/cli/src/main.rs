@@ -20,6 +20,9 @@ struct Cli {
     /// Compute threads (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where to compute: cpu, or cuda / cuda:N in a build with `--features cuda`.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,7 +52,7 @@ fn main() {
     if let Some(n) = cli.threads.or_else(|| std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok())) {
         let _ = rayon_init(n);
     }
-    let result = match cli.command {
+    let result = common::select_device(&cli.device).and_then(|()| match cli.command {
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Merge(a) => merge::run(a),
@@ -57,7 +60,7 @@ fn main() {
         Command::Score(a) => score::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(b) => bench::run(b),
-    };
+    });
     if let Err(e) = result {
         let mut msg = format!("{e}");
         for cause in e.chain().skip(1) {

@@ -243,6 +243,11 @@ fn bad_inputs_give_one_clear_error() {
     bytes.extend(b"\"\n");
     std::fs::write(t.join("latin.csv"), bytes).unwrap();
     fails_with(&train(&["--set", &format!("data.train=\"{}\"", t.join("latin.csv").display())]), &["latin.csv", "UTF-8", "line 3"]);
+    // An unknown device, and CUDA in a build without it.
+    fails_with(&train(&["--device", "tpu"]), &["unknown device `tpu`", "cuda:N"]);
+    fails_with(&train(&["--device", "cuda:x"]), &["cuda:x"]);
+    #[cfg(not(feature = "cuda"))]
+    fails_with(&train(&["--device", "cuda"]), &["no CUDA support", "--features cuda"]);
     // Nothing was written for the failed runs.
     assert!(!t.join("out").join("metrics.jsonl").exists());
 }

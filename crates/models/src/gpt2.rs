@@ -189,7 +189,7 @@ impl CausalLm for Gpt2 {
     fn next_logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor> {
         let h = self.forward_inner(input_ids, attention_mask, false, Some(cache))?;
         let t = h.dim(1)?;
-        Ok(frozen_matmul(&h.narrow(1, t - 1, 1)?.squeeze(1)?, &self.wte)?)
+        Ok(frozen_matmul(&h.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?, &self.wte)?)
     }
 }
 

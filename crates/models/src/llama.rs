@@ -320,6 +320,6 @@ impl Llama {
     /// Logits of the last position of each row: `(b, t) -> (b, vocab)`, for generation.
     pub fn last_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let t = hidden.dim(1)?;
-        self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+        self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?)
     }
 }

@@ -488,7 +488,7 @@ impl T5 {
         let enc = cache.encoder.clone().ok_or_else(|| ModelError::Invalid("no encoder state".into()))?;
         let h = self.decode_hidden(&dec_ids, &enc.hidden, Some(enc.keep.clone()), false, Some(cache))?;
         let t = h.dim(1)?;
-        self.logits(&h.narrow(1, t - 1, 1)?.squeeze(1)?)
+        self.logits(&h.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?)
     }
 }
 

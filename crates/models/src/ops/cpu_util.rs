@@ -24,6 +24,29 @@ pub fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> candle_core::
     }
 }
 
+/// Whether the fused ops' CUDA kernels apply (a CUDA tensor, f32 or bf16, in a `cuda` build).
+pub fn cuda_ok(x: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        super::cuda_kernels::supports(x)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = x;
+        false
+    }
+}
+
+/// The CUDA storage of a tensor an op holds (a weight), with its layout.
+#[cfg(feature = "cuda")]
+pub fn with_cuda<R>(t: &Tensor, op: &str, f: impl FnOnce(&candle_core::CudaStorage, &Layout) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cuda(c) => f(c, l),
+        _ => Err(msg(format!("{op}: the weight is not on the GPU"))),
+    }
+}
+
 /// Whether the fused CPU path applies (f32 on the CPU); otherwise callers use the composition.
 pub fn fused_ok(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32

@@ -132,6 +132,16 @@ impl CustomOp1 for FusedCrossEntropy {
         Ok((out, Shape::from(())))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (rows, vocab) = layout.shape().dims2()?;
+        self.check(rows)?;
+        for &t in self.targets.iter() {
+            valid_target(t, vocab)?;
+        }
+        Ok((super::cuda_kernels::cross_entropy_fwd(storage, layout, &self.targets, self.label_smoothing)?, Shape::from(())))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let g = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let grad = arg.apply_op1_no_bwd(&CrossEntropyGrad { loss: self.clone(), scale: g })?;
@@ -166,12 +176,20 @@ impl CustomOp1 for CrossEntropyGrad {
         };
         Ok((out, layout.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (rows, _) = layout.shape().dims2()?;
+        self.loss.check(rows)?;
+        let dz = super::cuda_kernels::cross_entropy_bwd(storage, layout, &self.loss.targets, self.loss.label_smoothing, self.scale)?;
+        Ok((dz, layout.shape().clone()))
+    }
 }
 
 /// Sum of token cross-entropies: `logits: (n, vocab)`, `targets: n` (`IGNORE_INDEX` skipped) → `()`.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &[i64], label_smoothing: f32) -> candle_core::Result<Tensor> {
     let op = FusedCrossEntropy { targets: std::sync::Arc::new(targets.to_vec()), label_smoothing, lse: Default::default() };
-    if logits.device().is_cpu() {
+    if logits.device().is_cpu() || (super::cpu_util::cuda_ok(logits) && logits.dtype() == DType::F32) {
         logits.contiguous()?.apply_op1(op)
     } else {
         reference_cross_entropy_sum(logits, targets, label_smoothing)

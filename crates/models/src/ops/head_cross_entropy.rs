@@ -125,6 +125,7 @@ pub fn head_cross_entropy_sum(hidden: &Tensor, head: &Tensor, targets: &[i64], l
         };
         hidden.contiguous()?.apply_op1(op)
     } else {
-        cross_entropy_sum(&frozen_matmul(hidden, head)?, targets, label_smoothing)
+        // Logits in the model's dtype, the softmax in f32 (as Hugging Face's loss upcasts them).
+        cross_entropy_sum(&frozen_matmul(hidden, head)?.to_dtype(candle_core::DType::F32)?, targets, label_smoothing)
     }
 }

@@ -2,7 +2,7 @@
 //! `scores: (b, x, r, t_k)` where row `r` is query position `r mod t_q` (grouped-query heads are
 //! stacked along `r`); the mask is causal (`key ≤ query + offset`) or not, and drops padded keys of each
 //! batch row. Backward: `ds = scale · p ⊙ (dp − Σ dp ⊙ p)`, from the saved probabilities only.
-use super::cpu_util::{f32_slice, fused_ok, msg};
+use super::cpu_util::{cuda_ok, f32_slice, fused_ok, msg};
 use super::fast_exp;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -111,6 +111,24 @@ impl CustomOp1 for MaskedSoftmax {
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let dims = l.dims();
+        if dims.len() != 4 {
+            return Err(msg(format!("masked-softmax: expected (b, x, r, t_k), got {dims:?}")));
+        }
+        let (b, tk) = (dims[0], dims[3]);
+        let mut keep = vec![1u8; b * tk];
+        if let Some(kk) = &self.mask.key_keep {
+            for (bi, row) in keep.chunks_mut(tk.max(1)).enumerate() {
+                for (k, v) in row.iter_mut().enumerate() {
+                    *v = u8::from(kk.get(bi).and_then(|r| r.get(k)).copied().unwrap_or(1) != 0);
+                }
+            }
+        }
+        let y = super::cuda_kernels::masked_softmax_fwd(s, l, &keep, self.mask.t_q, self.mask.offset, self.mask.causal, self.scale)?;
+        Ok((y, l.shape().clone()))
+    }
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &MaskedSoftmaxGrad { scale: self.scale })?))
     }
@@ -133,12 +151,16 @@ impl CustomOp2 for MaskedSoftmaxGrad {
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::cuda_kernels::masked_softmax_bwd(s1, l1, s2, l2, self.scale)?, l1.shape().clone()))
+    }
 }
 
 /// `softmax(scale · scores + mask)` over the last dimension: fused on CPU f32, otherwise the
 /// differentiable composition. `scores: (b, x, r, t_k)`, rows `r` cycling over `t_q` positions.
 pub fn masked_softmax(scores: &Tensor, mask: &AttentionMask, scale: f64) -> candle_core::Result<Tensor> {
-    if fused_ok(scores) {
+    if fused_ok(scores) || (cuda_ok(scores) && scores.rank() == 4) {
         return scores.contiguous()?.apply_op1(MaskedSoftmax { mask: mask.clone(), scale: scale as f32 });
     }
     let (b, x, r, tk) = scores.dims4()?;

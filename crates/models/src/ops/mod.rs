@@ -4,6 +4,8 @@
 pub mod attention_core;
 pub(crate) mod cpu_util;
 pub mod cross_entropy;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_kernels;
 pub mod fast_exp;
 pub mod frozen_linear;
 pub mod heads;

@@ -1,7 +1,7 @@
 //! Fused RMSNorm with an explicit backward: `x: (..., d)`, frozen `w: (d)` → `(..., d)`.
 //! Forward `y = x · r · w` with `r = 1/sqrt(mean(x²) + eps)`; backward
 //! `dx = r · (g⊙w − x · r² · mean(g⊙w⊙x))`. Saves nothing but `x` for the backward.
-use super::cpu_util::{f32_slice, fused_ok, msg, with_f32};
+use super::cpu_util::{cuda_ok, f32_slice, fused_ok, msg, with_f32};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -42,6 +42,11 @@ impl CustomOp1 for RmsNorm {
         })?;
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let y = super::cpu_util::with_cuda(&self.weight, "rms-norm", |ws, wl| super::cuda_kernels::rms_norm_fwd(s, l, ws, wl, self.eps))?;
+        Ok((y, l.shape().clone()))
+    }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &RmsNormGrad { weight: self.weight.clone(), eps: self.eps })?))
     }
@@ -69,11 +74,16 @@ impl CustomOp2 for RmsNormGrad {
         })?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let dx = super::cpu_util::with_cuda(&self.weight, "rms-norm-grad", |ws, wl| super::cuda_kernels::rms_norm_bwd(s1, l1, ws, wl, s2, l2, self.eps))?;
+        Ok((dx, l1.shape().clone()))
+    }
 }
 
 /// RMSNorm: fused on CPU f32, the differentiable composition elsewhere.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    if fused_ok(x) && fused_ok(weight) {
+    if (fused_ok(x) && fused_ok(weight)) || (cuda_ok(x) && weight.device().same_device(x.device()) && weight.dtype() == x.dtype()) {
         x.contiguous()?.apply_op1(RmsNorm { weight: weight.contiguous()?, eps: eps as f32 })
     } else {
         super::norms::rms_norm(x, weight, eps)

@@ -1,7 +1,7 @@
 //! Fused `silu(gate) ⊙ up` with an explicit backward: `gate, up: (..., f) -> (..., f)`.
 //! `d gate = g ⊙ up ⊙ σ(x)(1 + x(1 − σ(x)))`, `d up = g ⊙ silu(gate)`. And the same followed by
 //! a frozen down projection in one op ([`swiglu_down`]).
-use super::cpu_util::{f32_slice, fused_ok};
+use super::cpu_util::{cuda_ok, f32_slice, fused_ok};
 use super::fast_exp;
 use super::frozen_linear::{frozen_weight_matmul, gemm_xw};
 use crate::frozen_weight::FrozenWeight;
@@ -25,6 +25,10 @@ impl CustomOp2 for SwiGlu {
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
             .for_each(|(o, (ar, br))| fast_exp::swiglu_into(ar, br, o));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::cuda_kernels::swiglu_fwd(s1, l1, s2, l2)?, l1.shape().clone()))
     }
     fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
@@ -56,11 +60,24 @@ impl CustomOp3 for SwiGluGrad {
         let (a, b, g) = (f32_slice(s1, l1, "swiglu-grad")?, f32_slice(s2, l2, "swiglu-grad")?, f32_slice(s3, l3, "swiglu-grad")?);
         Ok(both_gradients(a, b, g, l1))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::cuda_kernels::swiglu_bwd(s1, l1, s2, l2, s3, l3)?, super::cuda_kernels::pair_shape(l1.dims())))
+    }
 }
 
 /// `silu(gate) ⊙ up`: fused on CPU f32, the composition elsewhere.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
-    if fused_ok(gate) && fused_ok(up) && gate.shape() == up.shape() {
+    let same = gate.shape() == up.shape() && gate.dtype() == up.dtype();
+    if (fused_ok(gate) && fused_ok(up) && same) || (cuda_ok(gate) && up.device().same_device(gate.device()) && same) {
         gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
     } else {
         gate.silu()? * up
