@@ -6,7 +6,7 @@
 #
 #   bash scripts/bench_gpu_compare.sh LOWRANK_BINARY MODEL.gguf OUT_DIR [ROUNDS]
 #
-# GPU_BENCH_RUNS ("targets dtype batch seq;...") and GPU_BENCH_GENERATE ("merged unmerged") pick
+# GPU_BENCH_RUNS ("targets dtype batch seq;...") and GPU_BENCH_GENERATE ("merged unmerged"; empty: none) pick
 # the runs; GPU_BENCH_LABEL, GPU_BENCH_PYTORCH=0 and GPU_BENCH_APPEND=1 add a second build's runs
 # to the same results file. LOWRANK_BINARY: built with `cargo build --release -p lowrank-cli --features cuda` (CUDA toolkit
 # at build time). PyTorch, transformers, peft and gguf must import. Writes OUT_DIR/gpu_results.jsonl
@@ -61,7 +61,7 @@ for round in $(seq 1 "$rounds"); do
         run "$label-$tag" "$round" "$bin" --device cuda bench train --model "$model" --batch "$batch" --seq "$seq" --targets "$targets" --dtype "$dtype" --steps $steps
         [ "$with_pytorch" = 1 ] && run "pytorch-$tag" "$round" $py --steps $steps --batch "$batch" --seq "$seq" --targets "$targets" --dtype "$dtype"
     done
-    for adapter in ${GPU_BENCH_GENERATE:-merged unmerged}; do
+    for adapter in ${GPU_BENCH_GENERATE-merged unmerged}; do
         flag=""; [ $adapter = unmerged ] && flag="--unmerged"
         pflag=""; [ $adapter = merged ] && pflag="--merged"
         run "$label-generate-$adapter" "$round" "$bin" --device cuda bench generate --model "$model" $flag --repeats 5

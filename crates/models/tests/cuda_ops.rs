@@ -147,3 +147,31 @@ fn attention_core_on_the_gpu_matches_the_cpu() {
         &rand(&[2, 6, 32], 15),
     );
 }
+
+#[test]
+fn heads_layout_kernel_matches_the_composition() {
+    // (b, t, h·d) → (b, h, t, d) rotated by the rope tables, and back (no rope), both differentiated.
+    // Hugging Face's tables repeat their frequencies in both halves (the op's contract: its
+    // backward is the rotation by −θ).
+    let f = rand(&[5, 4], 16).affine(3.0, 0.0).unwrap();
+    let f = Tensor::cat(&[&f, &f], 1).unwrap();
+    let (cos, sin) = (f.cos().unwrap(), f.sin().unwrap());
+    let (c2, s2) = (cos.clone(), sin.clone());
+    check(
+        "to-heads with rope",
+        &move |t| {
+            let (c, s) = (c2.to_dtype(t[0].dtype()).unwrap().to_device(t[0].device()).unwrap(), s2.to_dtype(t[0].dtype()).unwrap().to_device(t[0].device()).unwrap());
+            lowrank_models::ops::heads::to_heads(&t[0], 3, Some((&c, &s))).unwrap()
+        },
+        &move |t| lowrank_models::ops::heads::to_heads(&t[0], 3, Some((&cos, &sin))).unwrap(),
+        &[rand(&[2, 5, 24], 18)],
+        &rand(&[2, 3, 5, 8], 19),
+    );
+    check(
+        "from-heads",
+        &|t| lowrank_models::ops::heads::from_heads(&t[0]).unwrap(),
+        &|t| lowrank_models::ops::heads::from_heads(&t[0]).unwrap(),
+        &[rand(&[2, 3, 5, 8], 20)],
+        &rand(&[2, 5, 24], 21),
+    );
+}

@@ -211,6 +211,35 @@ extern "C" __global__ void cross_entropy_grad(const float* z, const long long* t
     }
 }
 
+// Between (b, t, h, d) and (b, h, t, d), one thread per output element, rotated by the rotate-half
+// rope (tables cos, sin: (t, d)) when rope != 0, by -theta when sign = -1.
+template <typename T>
+__device__ void heads_layout(const T* x, T* y, const T* cos, const T* sin, int b, int t, int h, int d,
+                             int to_heads, int rope, float sign) {
+    long long n = (long long)b * t * h * d;
+    int half = d / 2;
+    for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < n; o += (long long)gridDim.x * blockDim.x) {
+        int j = (int)(o % d);
+        long long r = o / d;
+        int bi, hi, ti;
+        long long src;
+        if (to_heads) {
+            ti = (int)(r % t); r /= t; hi = (int)(r % h); bi = (int)(r / h);
+            src = (((long long)bi * t + ti) * h + hi) * d;
+        } else {
+            hi = (int)(r % h); r /= h; ti = (int)(r % t); bi = (int)(r / t);
+            src = (((long long)bi * h + hi) * t + ti) * d;
+        }
+        float v = ld(x, src + j);
+        if (rope) {
+            long long tj = (long long)ti * d + j;
+            float partner = j < half ? -ld(x, src + j + half) : ld(x, src + j - half);
+            v = v * ld(cos, tj) + sign * partner * ld(sin, tj);
+        }
+        st(y, o, v);
+    }
+}
+
 #define FOR_TYPE(T, S)                                                                                         \
 extern "C" __global__ void masked_softmax_fwd_##S(const T* x, T* y, const unsigned char* keep, int tk,         \
         int rows_per_batch, int rr, int t_q, int offset, int causal, float scale) {                            \
@@ -224,7 +253,10 @@ extern "C" __global__ void rms_norm_bwd_##S(const T* x, const T* w, const T* g, 
 extern "C" __global__ void swiglu_fwd_##S(const T* a, const T* b, T* y, long long n) {                        \
     swiglu_fwd<T>(a, b, y, n); }                                                                               \
 extern "C" __global__ void swiglu_bwd_##S(const T* a, const T* b, const T* g, T* out, long long n) {          \
-    swiglu_bwd<T>(a, b, g, out, n); }
+    swiglu_bwd<T>(a, b, g, out, n); }                                                                          \
+extern "C" __global__ void heads_layout_##S(const T* x, T* y, const T* cos, const T* sin, int b, int t, int h, \
+        int d, int to_heads, int rope, float sign) {                                                           \
+    heads_layout<T>(x, y, cos, sin, b, t, h, d, to_heads, rope, sign); }
 FOR_TYPE(float, f32)
 FOR_TYPE(bf16_t, bf16)
 "#;
@@ -442,6 +474,30 @@ pub fn cross_entropy_bwd(z: &CudaStorage, lz: &Layout, targets: &[i64], eps: f32
     b.arg(&zv).arg(&t).arg(&dz).arg(&v_).arg(&eps).arg(&scale);
     unsafe { b.launch(rows_config(rows)) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(dz, dev))
+}
+
+/// `(b, t, h·d) ↔ (b, h, t, d)` (`to_heads` picks the direction) with the rotary tables
+/// `(cos, sin): (t, d)` applied when given (by −θ when `sign = −1`).
+#[allow(clippy::too_many_arguments)]
+pub fn heads_layout(x: &CudaStorage, lx: &Layout, rope: Option<(&CudaStorage, &Layout, &CudaStorage, &Layout)>, (b, t, h, d): (usize, usize, usize, usize), to_heads: bool, sign: f32) -> Result<CudaStorage> {
+    let n = b * t * h * d;
+    let dev = x.device().clone();
+    let f = kernel(&dev, &format!("heads_layout_{}", suffix(x.dtype(), "heads layout")?))?;
+    typed!(x.dtype(), "heads layout", |T| {
+        let xv = view::<T>(x, lx, "heads layout")?;
+        // Without tables the kernel never reads them: the input stands in for both pointers.
+        let (cv, sv) = match rope {
+            Some((c, lc, s, ls)) => (view::<T>(c, lc, "heads layout")?, view::<T>(s, ls, "heads layout")?),
+            None => (view::<T>(x, lx, "heads layout")?, view::<T>(x, lx, "heads layout")?),
+        };
+        let y = alloc::<T>(&dev, n)?;
+        let (b_, t_, h_, d_, th, r) = (b as i32, t as i32, h as i32, d as i32, to_heads as i32, rope.is_some() as i32);
+        let stream = dev.cuda_stream();
+        let mut bld = stream.launch_builder(&f);
+        bld.arg(&xv).arg(&y).arg(&cv).arg(&sv).arg(&b_).arg(&t_).arg(&h_).arg(&d_).arg(&th).arg(&r).arg(&sign);
+        unsafe { bld.launch(flat_config(n)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+    })
 }
 
 /// `(b, 1, ..., dims)` shape helper: the shape of a `2n` gradient pair of `dims`.

@@ -6,7 +6,7 @@
 //!
 //! `to_heads(x: (b, t, h·d), h, rope) -> (b, h, t, d)`; `from_heads(x: (b, h, t, d)) -> (b, t, h·d)`.
 //! The backward of one is the other (with the rotation by −θ for the rope).
-use super::cpu_util::{f32_slice, fused_ok, msg, with_f32};
+use super::cpu_util::{cuda_ok, f32_slice, fused_ok, msg, with_f32};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -46,17 +46,28 @@ fn move_vector(src: &[f32], dst: &mut [f32], tables: Option<(&[f32], &[f32])>, p
 }
 
 impl HeadsLayout {
-    /// `x` in the input layout → the output layout; `(b, t, h, d)` read off the shape.
-    fn run(&self, x: &[f32], dims: &[usize], cos: Option<&[f32]>, sin: Option<&[f32]>) -> candle_core::Result<(Vec<f32>, Vec<usize>)> {
+    /// `(b, t, h, d)` of an input of shape `dims`, checked against the heads and the tables' length.
+    fn dims(&self, dims: &[usize], table_len: Option<usize>) -> candle_core::Result<(usize, usize, usize, usize)> {
         let h = self.heads;
         let (b, t, d) = match (self.to_heads, dims) {
             (true, &[b, t, hd]) if h > 0 && hd % h == 0 => (b, t, hd / h),
             (false, &[b, hh, t, d]) if hh == h => (b, t, d),
             _ => return Err(msg(format!("heads layout: shape {dims:?} does not fit {h} heads"))),
         };
+        if let Some(len) = table_len {
+            if len != t * d || d % 2 != 0 {
+                return Err(msg(format!("heads layout: rotary tables hold {len} values, need {t}×{d} (even)")));
+            }
+        }
+        Ok((b, t, h, d))
+    }
+
+    /// `x` in the input layout → the output layout; `(b, t, h, d)` read off the shape.
+    fn run(&self, x: &[f32], dims: &[usize], cos: Option<&[f32]>, sin: Option<&[f32]>) -> candle_core::Result<(Vec<f32>, Vec<usize>)> {
+        let (b, t, h, d) = self.dims(dims, cos.map(<[f32]>::len))?;
         if let (Some(c), Some(s)) = (cos, sin) {
-            if c.len() != t * d || s.len() != t * d || d % 2 != 0 {
-                return Err(msg(format!("heads layout: rotary tables hold {} values, need {t}×{d} (even)", c.len())));
+            if c.len() != s.len() {
+                return Err(msg(format!("heads layout: rotary tables of {} and {} values", c.len(), s.len())));
             }
         }
         let sign = if self.inverse { -1.0f32 } else { 1.0 };
@@ -102,20 +113,37 @@ impl CustomOp1 for HeadsLayout {
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cpu_util::with_cuda;
+        let sign = if self.inverse { -1.0f32 } else { 1.0 };
+        let (b, t, h, d) = self.dims(l.dims(), self.rope.as_ref().map(|(c, _)| c.elem_count()))?;
+        let y = match &self.rope {
+            Some((cos, sin)) => with_cuda(cos, "heads layout", |c, lc| {
+                with_cuda(sin, "heads layout", |sn, ls| super::cuda_kernels::heads_layout(s, l, Some((c, lc, sn, ls)), (b, t, h, d), self.to_heads, sign))
+            })?,
+            None => super::cuda_kernels::heads_layout(s, l, None, (b, t, h, d), self.to_heads, sign)?,
+        };
+        let dims = if self.to_heads { vec![b, h, t, d] } else { vec![b, t, h * d] };
+        Ok((y, Shape::from(dims)))
+    }
+
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let back = HeadsLayout { heads: self.heads, to_heads: !self.to_heads, rope: self.rope.clone(), inverse: !self.inverse };
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
     }
 }
 
-/// `x: (b, t, h·d) -> (b, h, t, d)`, rotated by the rotary tables `cos, sin: (t, d)` when given.
-/// Fused on CPU f32, the composition elsewhere.
+/// `x: (b, t, h·d) -> (b, h, t, d)`, rotated by the rotary tables `cos, sin: (t, d)` when given
+/// (Hugging Face's tables, the same frequencies in both halves: the backward rotates by −θ).
+/// Fused on CPU f32 and on CUDA (f32, bf16), the composition elsewhere.
 pub fn to_heads(x: &Tensor, heads: usize, rope: Option<(&Tensor, &Tensor)>) -> candle_core::Result<Tensor> {
     let (b, t, hd) = x.dims3()?;
     if heads == 0 || hd % heads != 0 {
         return Err(msg(format!("to_heads: width {hd} does not split into {heads} heads")));
     }
-    if fused_ok(x) && rope.is_none_or(|(c, s)| fused_ok(c) && fused_ok(s)) {
+    let gpu_ok = cuda_ok(x) && rope.is_none_or(|(c, s)| [c, s].iter().all(|r| r.dtype() == x.dtype() && r.device().same_device(x.device())));
+    if (fused_ok(x) && rope.is_none_or(|(c, s)| fused_ok(c) && fused_ok(s))) || gpu_ok {
         let rope = match rope {
             Some((c, s)) => Some((c.contiguous()?, s.contiguous()?)),
             None => None,
@@ -129,10 +157,10 @@ pub fn to_heads(x: &Tensor, heads: usize, rope: Option<(&Tensor, &Tensor)>) -> c
     }
 }
 
-/// `x: (b, h, t, d) -> (b, t, h·d)`. Fused on CPU f32, the composition elsewhere.
+/// `x: (b, h, t, d) -> (b, t, h·d)`. Fused on CPU f32 and on CUDA, the composition elsewhere.
 pub fn from_heads(x: &Tensor) -> candle_core::Result<Tensor> {
     let (b, h, t, d) = x.dims4()?;
-    if fused_ok(x) {
+    if fused_ok(x) || cuda_ok(x) {
         return x.contiguous()?.apply_op1(HeadsLayout { heads: h, to_heads: false, rope: None, inverse: false });
     }
     x.transpose(1, 2)?.reshape((b, t, h * d))
