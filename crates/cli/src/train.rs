@@ -150,6 +150,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             packed as f64 / 1048576.0,
             as_f32 as f64 / 1048576.0
         );
+    } else if cfg.model.keep_quantized && !dev.is_cpu() && model_path.extension().is_some_and(|e| e == "gguf") {
+        eprintln!("base weights expanded to {dtype:?} on the GPU (model.keep_quantized keeps GGUF blocks packed on the CPU only)");
     }
     let tok = &loaded.tokenizer;
     let train = encode_all(tok, &tpl, &train_pairs, &train_path)?;
