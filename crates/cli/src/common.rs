@@ -49,7 +49,7 @@ pub fn select_device(spec: &str) -> Result<()> {
                 Some(n) => n.parse::<usize>().with_context(|| format!("--device {s}: `{n}` is not a GPU number"))?,
             };
             if !candle_core::utils::cuda_is_available() {
-                anyhow::bail!("--device {s}: this build of lowrank has no CUDA support (build it with `cargo build --release --features cuda`)");
+                anyhow::bail!("--device {s}: this build of lowrank has no CUDA support (build one with `cargo build --release -p lowrank-cli --features cuda` or `scripts/build_cuda.sh`)");
             }
             let dev = Device::new_cuda(ordinal).with_context(|| format!("--device {s}: opening CUDA device {ordinal}"))?;
             lowrank_models::allocator::tune_gpu_allocator(&dev).with_context(|| format!("--device {s}"))?;
