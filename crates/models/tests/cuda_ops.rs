@@ -5,6 +5,9 @@
 use candle_core::{DType, Device, Tensor, Var};
 use lowrank_models::ops::{masked_softmax, reference_cross_entropy_sum, AttentionMask, IGNORE_INDEX};
 use std::sync::Arc;
+#[path = "../../train/tests/common/mod.rs"]
+mod common;
+use common::rand;
 
 fn gpu() -> Option<Device> {
     match Device::new_cuda(0) {
@@ -14,13 +17,6 @@ fn gpu() -> Option<Device> {
             None
         }
     }
-}
-
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let mut g = lowrank_models::generate::SplitMix64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| g.next_f64() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 /// max |a − b| / max(1, max |b|), both brought to the CPU in f64.

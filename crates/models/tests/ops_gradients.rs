@@ -2,13 +2,9 @@
 //! against central finite differences.
 use candle_core::{Device, Tensor, Var};
 use lowrank_models::ops::{cross_entropy_sum, frozen_matmul, reference_cross_entropy_sum, IGNORE_INDEX};
-
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let mut g = lowrank_models::generate::SplitMix64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| g.next_f64() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
+#[path = "../../train/tests/common/mod.rs"]
+mod common;
+use common::rand;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()

@@ -1,5 +1,6 @@
-//! Helpers for the CPU custom ops: contiguous f32 views of op inputs, and the macro that compiles
-//! a slice kernel twice (AVX2 + FMA picked at run time, and the baseline target).
+//! Helpers for the CPU custom ops: contiguous f32 views of op inputs, the macro that compiles
+//! a slice kernel twice (AVX2 + FMA picked at run time, and the baseline target), and the two
+//! predicates every op dispatches on (fused CPU path, CUDA kernels).
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 
 pub fn msg(s: impl Into<String>) -> candle_core::Error {
@@ -34,16 +35,6 @@ pub fn cuda_ok(x: &Tensor) -> bool {
     {
         let _ = x;
         false
-    }
-}
-
-/// The CUDA storage of a tensor an op holds (a weight), with its layout.
-#[cfg(feature = "cuda")]
-pub fn with_cuda<R>(t: &Tensor, op: &str, f: impl FnOnce(&candle_core::CudaStorage, &Layout) -> candle_core::Result<R>) -> candle_core::Result<R> {
-    let (s, l) = t.storage_and_layout();
-    match &*s {
-        Storage::Cuda(c) => f(c, l),
-        _ => Err(msg(format!("{op}: the weight is not on the GPU"))),
     }
 }
 

@@ -294,16 +294,27 @@ fn view<'a, T: candle_core::cuda_backend::CudaDType>(s: &'a CudaStorage, l: &Lay
     Ok(s.as_cuda_slice::<T>()?.slice(a..b))
 }
 
-fn suffix(dtype: DType, op: &str) -> Result<&'static str> {
-    match dtype {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        other => Err(err(format!("{op}: no CUDA kernel for {other:?}"))),
+/// The `{base}_f32` or `{base}_bf16` kernel for `dtype`.
+fn typed_kernel(dev: &CudaDevice, base: &str, dtype: DType, op: &str) -> Result<CudaFunction> {
+    let suffix = match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        other => return Err(err(format!("{op}: no CUDA kernel for {other:?}"))),
+    };
+    kernel(dev, &format!("{base}_{suffix}"))
+}
+
+/// The CUDA storage of a tensor an op holds (a weight, rotary tables), with its layout.
+pub fn with_cuda<R>(t: &candle_core::Tensor, op: &str, f: impl FnOnce(&CudaStorage, &Layout) -> Result<R>) -> Result<R> {
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        candle_core::Storage::Cuda(c) => f(c, l),
+        _ => Err(err(format!("{op}: a weight or table the op holds is not on the GPU"))),
     }
 }
 
-/// Runs `launch` with typed views of the inputs and a fresh output of `out_len` elements, for
-/// the inputs' common dtype (f32 or bf16).
+/// Evaluates `body` with the type alias `$t` bound to the Rust element type of `dtype` (f32 or
+/// bf16); other dtypes are an error naming `op`.
 macro_rules! typed {
     ($dtype:expr, $op:expr, |$t:ident| $body:expr) => {
         match $dtype {
@@ -333,8 +344,7 @@ pub fn masked_softmax_fwd(s: &CudaStorage, l: &Layout, keep: &[u8], t_q: usize, 
     let rows = l.shape().elem_count() / tk.max(1);
     let dev = s.device().clone();
     let keep = dev.clone_htod(keep)?;
-    let name = format!("masked_softmax_fwd_{}", suffix(s.dtype(), "masked-softmax")?);
-    let f = kernel(&dev, &name)?;
+    let f = typed_kernel(&dev, "masked_softmax_fwd", s.dtype(), "masked-softmax")?;
     typed!(s.dtype(), "masked-softmax", |T| {
         let x = view::<T>(s, l, "masked-softmax")?;
         let y = alloc::<T>(&dev, rows * tk)?;
@@ -352,7 +362,7 @@ pub fn masked_softmax_bwd(p: &CudaStorage, lp: &Layout, g: &CudaStorage, lg: &La
     let tk = *lp.dims().last().ok_or_else(|| err("masked-softmax-grad on a scalar".into()))?;
     let rows = lp.shape().elem_count() / tk.max(1);
     let dev = p.device().clone();
-    let f = kernel(&dev, &format!("masked_softmax_bwd_{}", suffix(p.dtype(), "masked-softmax-grad")?))?;
+    let f = typed_kernel(&dev, "masked_softmax_bwd", p.dtype(), "masked-softmax-grad")?;
     typed!(p.dtype(), "masked-softmax-grad", |T| {
         let (pv, gv) = (view::<T>(p, lp, "masked-softmax-grad")?, view::<T>(g, lg, "masked-softmax-grad")?);
         let out = alloc::<T>(&dev, rows * tk)?;
@@ -373,7 +383,7 @@ pub fn rms_norm_fwd(x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, 
     }
     let rows = lx.shape().elem_count() / d.max(1);
     let dev = x.device().clone();
-    let f = kernel(&dev, &format!("rms_norm_fwd_{}", suffix(x.dtype(), "rms-norm")?))?;
+    let f = typed_kernel(&dev, "rms_norm_fwd", x.dtype(), "rms-norm")?;
     typed!(x.dtype(), "rms-norm", |T| {
         let (xv, wv) = (view::<T>(x, lx, "rms-norm")?, view::<T>(w, lw, "rms-norm")?);
         let y = alloc::<T>(&dev, rows * d)?;
@@ -391,7 +401,7 @@ pub fn rms_norm_bwd(x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, 
     let d = *lx.dims().last().ok_or_else(|| err("rms-norm-grad on a scalar".into()))?;
     let rows = lx.shape().elem_count() / d.max(1);
     let dev = x.device().clone();
-    let f = kernel(&dev, &format!("rms_norm_bwd_{}", suffix(x.dtype(), "rms-norm-grad")?))?;
+    let f = typed_kernel(&dev, "rms_norm_bwd", x.dtype(), "rms-norm-grad")?;
     typed!(x.dtype(), "rms-norm-grad", |T| {
         let (xv, wv, gv) = (view::<T>(x, lx, "rms-norm-grad")?, view::<T>(w, lw, "rms-norm-grad")?, view::<T>(g, lg, "rms-norm-grad")?);
         let out = alloc::<T>(&dev, rows * d)?;
@@ -408,7 +418,7 @@ pub fn rms_norm_bwd(x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, 
 pub fn swiglu_fwd(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout) -> Result<CudaStorage> {
     let n = la.shape().elem_count();
     let dev = a.device().clone();
-    let f = kernel(&dev, &format!("swiglu_fwd_{}", suffix(a.dtype(), "swiglu")?))?;
+    let f = typed_kernel(&dev, "swiglu_fwd", a.dtype(), "swiglu")?;
     typed!(a.dtype(), "swiglu", |T| {
         let (av, bv) = (view::<T>(a, la, "swiglu")?, view::<T>(b, lb, "swiglu")?);
         let y = alloc::<T>(&dev, n)?;
@@ -425,7 +435,7 @@ pub fn swiglu_fwd(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout) ->
 pub fn swiglu_bwd(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, g: &CudaStorage, lg: &Layout) -> Result<CudaStorage> {
     let n = la.shape().elem_count();
     let dev = a.device().clone();
-    let f = kernel(&dev, &format!("swiglu_bwd_{}", suffix(a.dtype(), "swiglu-grad")?))?;
+    let f = typed_kernel(&dev, "swiglu_bwd", a.dtype(), "swiglu-grad")?;
     typed!(a.dtype(), "swiglu-grad", |T| {
         let (av, bv, gv) = (view::<T>(a, la, "swiglu-grad")?, view::<T>(b, lb, "swiglu-grad")?, view::<T>(g, lg, "swiglu-grad")?);
         let out = alloc::<T>(&dev, 2 * n)?;
@@ -482,7 +492,7 @@ pub fn cross_entropy_bwd(z: &CudaStorage, lz: &Layout, targets: &[i64], eps: f32
 pub fn heads_layout(x: &CudaStorage, lx: &Layout, rope: Option<(&CudaStorage, &Layout, &CudaStorage, &Layout)>, (b, t, h, d): (usize, usize, usize, usize), to_heads: bool, sign: f32) -> Result<CudaStorage> {
     let n = b * t * h * d;
     let dev = x.device().clone();
-    let f = kernel(&dev, &format!("heads_layout_{}", suffix(x.dtype(), "heads layout")?))?;
+    let f = typed_kernel(&dev, "heads_layout", x.dtype(), "heads layout")?;
     typed!(x.dtype(), "heads layout", |T| {
         let xv = view::<T>(x, lx, "heads layout")?;
         // Without tables the kernel never reads them: the input stands in for both pointers.
@@ -500,7 +510,7 @@ pub fn heads_layout(x: &CudaStorage, lx: &Layout, rope: Option<(&CudaStorage, &L
     })
 }
 
-/// `(b, 1, ..., dims)` shape helper: the shape of a `2n` gradient pair of `dims`.
+/// `(2, dims...)`: the shape of a gradient pair of two inputs of shape `dims`.
 pub fn pair_shape(dims: &[usize]) -> Shape {
     let mut d = vec![2];
     d.extend_from_slice(dims);

@@ -115,7 +115,7 @@ impl CustomOp1 for HeadsLayout {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use super::cpu_util::with_cuda;
+        use super::cuda_kernels::with_cuda;
         let sign = if self.inverse { -1.0f32 } else { 1.0 };
         let (b, t, h, d) = self.dims(l.dims(), self.rope.as_ref().map(|(c, _)| c.elem_count()))?;
         let y = match &self.rope {

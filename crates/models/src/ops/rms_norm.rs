@@ -44,7 +44,7 @@ impl CustomOp1 for RmsNorm {
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let y = super::cpu_util::with_cuda(&self.weight, "rms-norm", |ws, wl| super::cuda_kernels::rms_norm_fwd(s, l, ws, wl, self.eps))?;
+        let y = super::cuda_kernels::with_cuda(&self.weight, "rms-norm", |ws, wl| super::cuda_kernels::rms_norm_fwd(s, l, ws, wl, self.eps))?;
         Ok((y, l.shape().clone()))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -76,7 +76,7 @@ impl CustomOp2 for RmsNormGrad {
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let dx = super::cpu_util::with_cuda(&self.weight, "rms-norm-grad", |ws, wl| super::cuda_kernels::rms_norm_bwd(s1, l1, ws, wl, s2, l2, self.eps))?;
+        let dx = super::cuda_kernels::with_cuda(&self.weight, "rms-norm-grad", |ws, wl| super::cuda_kernels::rms_norm_bwd(s1, l1, ws, wl, s2, l2, self.eps))?;
         Ok((dx, l1.shape().clone()))
     }
 }

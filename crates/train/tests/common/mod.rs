@@ -1,4 +1,5 @@
-//! Helpers shared by the parity tests: golden files, masked maximum differences.
+//! Helpers shared by the parity and op tests: golden files, masked maximum differences, random
+//! tensors.
 #![allow(dead_code)]
 use candle_core::{DType, Device, Tensor};
 use lowrank_models::weights::read_safetensors;
@@ -55,4 +56,12 @@ pub fn max_abs(a: &Tensor) -> f32 {
 
 pub fn scalar(t: &Tensor) -> f32 {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]
+}
+
+/// Uniform values in [-1, 1) as an f64 CPU tensor of `shape`, from the deterministic `seed`.
+pub fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let mut g = lowrank_models::generate::SplitMix64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| g.next_f64() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
