@@ -1,7 +1,7 @@
 //! `lowrank bench train`: median LoRA training-step time on synthetic tokens, as one JSON line.
 use crate::common::{compute_dtype, device, peak_rss_mib};
 use anyhow::{Context, Result};
-use lowrank_models::{load_model, load_model_with, AnyModel, CausalLm};
+use lowrank_models::{load_model_with, AnyModel, CausalLm};
 use lowrank_peft::{LoraAdapters, LoraConfig, LoraSite, TargetSpec};
 use lowrank_train::optim::{AdamW, AdamWParams};
 use std::path::PathBuf;
@@ -37,6 +37,10 @@ pub struct BenchGenerateArgs {
     /// Timed repetitions (after one warm-up).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// `fast`: the CPU decoder where it applies (Llama family, CPU, f32; what `generate` and
+    /// `eval` use); `candle`: the training model's own incremental forward.
+    #[arg(long, default_value = "fast")]
+    engine: String,
 }
 
 fn targets_of(s: &str) -> TargetSpec {
@@ -49,26 +53,29 @@ fn device_name(dev: &candle_core::Device) -> &'static str {
 
 fn run_generate(a: BenchGenerateArgs) -> Result<()> {
     anyhow::ensure!(a.repeats >= 1, "--repeats must be at least 1");
+    anyhow::ensure!(matches!(a.engine.as_str(), "fast" | "candle"), "--engine must be fast or candle, got `{}`", a.engine);
     let dev = device();
-    let mut loaded = load_model(&a.model, &dev, candle_core::DType::F32).with_context(|| format!("loading model {}", a.model.display()))?;
+    let fast = a.engine == "fast";
+    let mut loaded = load_model_with(&a.model, &dev, candle_core::DType::F32, fast).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
     let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;
     for m in adapters.modules.values() {
         m.b.set(&(candle_core::Tensor::ones(m.b.dims(), candle_core::DType::F32, &dev)? * 0.01)?)?;
     }
     let quant = lowrank_models::quantized_linear::parse_quantization(&a.quantize)?;
-    let model = match (a.unmerged, quant) {
-        (true, None) => AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?,
-        (true, Some(dtype)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_peft::QuantizedLoraSite { adapters: &adapters, dtype }, &dev)?,
-        (false, q) => {
-            adapters.merge_into(&mut loaded.weights)?;
-            match q {
-                None => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::PlainSite, &dev)?,
-                Some(dtype) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::quantized_linear::QuantizedSite { dtype }, &dev)?,
-            }
-        }
-    };
     let vocab = loaded.config.vocab_size() as u64;
+    if !a.unmerged {
+        adapters.merge_into(&mut loaded.weights)?;
+    }
+    let decoder = if fast { crate::common::cpu_decoder(&mut loaded, Some(&adapters).filter(|_| a.unmerged), quant, &dev, candle_core::DType::F32)? } else { None };
+    let engine = if decoder.is_some() { "fast" } else { "candle" };
+    let model = match (decoder, a.unmerged, quant) {
+        (Some(m), _, _) => m,
+        (None, true, None) => AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?,
+        (None, true, Some(dtype)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_peft::QuantizedLoraSite { adapters: &adapters, dtype }, &dev)?,
+        (None, false, None) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::PlainSite, &dev)?,
+        (None, false, Some(dtype)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::quantized_linear::QuantizedSite { dtype }, &dev)?,
+    };
     let mut rng = lowrank_models::generate::SplitMix64(3);
     let prompt: Vec<u32> = (0..a.prompt_tokens).map(|_| (rng.next_u64() % vocab) as u32).collect();
     let params = lowrank_models::generate::SamplingParams { max_new_tokens: a.new_tokens, ignore_stop: true, ..Default::default() };
@@ -85,7 +92,7 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
     let median = times[times.len() / 2];
     println!("{}", serde_json::json!({
         "bench": "generate", "model": a.model.display().to_string(), "device": device_name(&dev), "prompt_tokens": a.prompt_tokens,
-        "new_tokens": a.new_tokens, "adapter": if a.unmerged { "unmerged" } else { "merged" }, "quantize": a.quantize,
+        "new_tokens": a.new_tokens, "adapter": if a.unmerged { "unmerged" } else { "merged" }, "quantize": a.quantize, "engine": engine,
         "threads": candle_core::utils::get_num_threads(), "repeats": a.repeats,
         "tokens_per_s": a.new_tokens as f64 / median, "seconds": median,
         "seconds_min": times[0], "seconds_max": times[times.len() - 1], "peak_rss_mib": peak_rss_mib(),

@@ -1,7 +1,8 @@
 //! Shared pieces of the commands: opening a model (with an adapter), devices, number formats.
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use lowrank_models::{load_model, AnyModel, CausalLm, LoadedModel, PlainSite, TextTokenizer};
+use candle_core::quantized::GgmlDType;
+use lowrank_models::{load_model_with, AnyModel, CausalLm, LoadedModel, PlainSite, TextTokenizer};
 use lowrank_peft::{load_adapter, LoraAdapters, LoraSite};
 use std::path::Path;
 
@@ -101,7 +102,10 @@ pub struct Ready {
 pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dtype: DType, quantize: &str) -> Result<Ready> {
     let dev = device();
     let quant = lowrank_models::quantized_linear::parse_quantization(quantize)?;
-    let mut loaded = load_model(model, &dev, dtype).with_context(|| format!("loading model {}", model.display()))?;
+    // On the CPU in f32 a GGUF's block-quantized weights stay packed: the CPU decoder reads them
+    // as stored (and the candle path expands them per product, with the same values).
+    let keep_packed = dev.is_cpu() && dtype == DType::F32;
+    let mut loaded = load_model_with(model, &dev, dtype, keep_packed).with_context(|| format!("loading model {}", model.display()))?;
     let adapters = match adapter {
         Some(dir) => {
             let a = load_adapter(dir, &loaded.config.linear_modules(), &dev).with_context(|| format!("loading adapter {}", dir.display()))?;
@@ -116,6 +120,9 @@ pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dty
         a.merge_into(&mut loaded.weights)?;
     }
     let unmerged = adapters.as_ref().filter(|_| !merge);
+    if let Some(model) = cpu_decoder(&mut loaded, unmerged, quant, &dev, dtype)? {
+        return Ok(Ready { loaded, model, adapters });
+    }
     let model = match (unmerged, quant) {
         (Some(a), None) => AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: a, dropout: 0.0 }, &dev)?,
         (Some(a), Some(q)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_peft::QuantizedLoraSite { adapters: a, dtype: q }, &dev)?,
@@ -123,6 +130,35 @@ pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dty
         (None, Some(q)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::quantized_linear::QuantizedSite { dtype: q }, &dev)?,
     };
     Ok(Ready { loaded, model, adapters })
+}
+
+/// The CPU decoder for a Llama-family model on the CPU in f32 (weights as loaded, or quantized
+/// to Q4_0 / Q4_1 / Q8_0), with unmerged adapters as branches; `None` where it does not apply
+/// (another family or device, bf16, other formats), and the candle model decodes. The dense
+/// weights it copied are released from `loaded`.
+pub fn cpu_decoder(loaded: &mut LoadedModel, unmerged: Option<&LoraAdapters>, quant: Option<GgmlDType>, dev: &Device, dtype: DType) -> Result<Option<AnyModel>> {
+    use lowrank_models::fast_decode::{DecodeFormat, LlamaDecoder};
+    let lowrank_models::ModelConfig::Llama(cfg) = &loaded.config else { return Ok(None) };
+    if !dev.is_cpu() || dtype != DType::F32 {
+        return Ok(None);
+    }
+    let format = match quant {
+        None => DecodeFormat::AsLoaded,
+        Some(q) => match lowrank_models::packed_matrix::BlockFormat::of(q) {
+            Some(f) => DecodeFormat::Quantize(f),
+            None => return Ok(None),
+        },
+    };
+    let branches = match unmerged {
+        Some(a) => match a.decode_branches()? {
+            Some(b) => b,
+            None => return Ok(None),
+        },
+        None => Default::default(),
+    };
+    let decoder = LlamaDecoder::new(cfg, &loaded.weights, &branches, format)?;
+    loaded.weights = lowrank_models::Weights::default();
+    Ok(Some(AnyModel::LlamaDecoder(decoder)))
 }
 
 /// Token ids of a prompt as the model reads it: an encoder–decoder's encoder input ends with EOS

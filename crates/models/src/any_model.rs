@@ -15,6 +15,8 @@ pub enum AnyModel {
     Llama(Llama),
     Gpt2(Gpt2),
     T5(T5),
+    /// The Llama family's CPU decoder: generation only (see [`crate::fast_decode`]).
+    LlamaDecoder(crate::fast_decode::LlamaDecoder),
 }
 
 impl AnyModel {
@@ -43,6 +45,7 @@ impl AnyModel {
             AnyModel::Llama(m) => m,
             AnyModel::Gpt2(m) => m,
             AnyModel::T5(m) => m,
+            AnyModel::LlamaDecoder(m) => m,
         }
     }
 }

@@ -20,11 +20,32 @@ pub struct KvCache {
     /// Cross-attention `(k, v)` over the encoder output: `(b, heads, s, head_dim)` each.
     pub cross: Vec<Option<(Tensor, Tensor)>>,
     pub encoder: Option<EncoderState>,
+    /// The CPU decoder's keys/values in host memory (see [`crate::fast_decode`]).
+    pub host: Option<HostKv>,
+}
+
+/// Keys and values of the CPU decoder: per row, per layer, `(positions, kv_heads · head_dim)`
+/// row-major, rotary embedding applied to the keys.
+#[derive(Clone, Default, Debug)]
+pub struct HostKv {
+    /// Positions cached (the same for every row: padding is masked, not skipped).
+    pub len: usize,
+    /// `rows[row].keys[layer]`, `rows[row].values[layer]`.
+    pub rows: Vec<HostRowKv>,
+}
+
+#[derive(Clone, Default, Debug)]
+pub struct HostRowKv {
+    pub keys: Vec<Vec<f32>>,
+    pub values: Vec<Vec<f32>>,
 }
 
 impl KvCache {
     /// Decoder positions already cached.
     pub fn len(&self) -> usize {
+        if let Some(h) = &self.host {
+            return h.len;
+        }
         self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
     }
 
@@ -34,6 +55,13 @@ impl KvCache {
 
     /// Keeps rows `idx` (in that order) of everything cached, e.g. the beams chosen by beam search.
     pub fn reorder(&mut self, idx: &[u32]) -> candle_core::Result<()> {
+        if let Some(h) = &mut self.host {
+            let rows = idx
+                .iter()
+                .map(|&i| h.rows.get(i as usize).cloned().ok_or_else(|| candle_core::Error::Msg(format!("reorder: row {i} of {} cached", h.rows.len()))))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            h.rows = rows;
+        }
         let dev = match self.layers.iter().chain(self.cross.iter()).flatten().next() {
             Some((k, _)) => k.device().clone(),
             None => match &self.encoder {

@@ -8,6 +8,7 @@ pub mod causal_lm;
 pub mod causal_loss;
 pub mod config;
 pub mod error;
+pub mod fast_decode;
 pub mod frozen_weight;
 pub mod generate;
 pub mod gguf;

@@ -51,7 +51,7 @@ pub struct Llama {
     sin: Tensor,
 }
 
-fn inv_freqs(cfg: &LlamaConfig) -> Vec<f64> {
+pub(crate) fn inv_freqs(cfg: &LlamaConfig) -> Vec<f64> {
     let d = cfg.head_dim;
     let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64)).collect();
     match &cfg.rope_scaling {

@@ -93,8 +93,43 @@ impl PackedMatrix {
         self.bytes.len()
     }
 
-    fn row_bytes(&self) -> usize {
+    /// Bytes of one row (`cols / 32` blocks).
+    pub fn row_bytes(&self) -> usize {
         self.cols / BLOCK_LEN * self.format.block_bytes()
+    }
+
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    /// The blocks, row after row, as stored.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// `values: (rows, cols)` stored as Q8_0 when that loses nothing: every block's values are
+    /// `q · d` for one f16 scale `d` and integers `|q| ≤ 127` (as the values of a Q8_0 tensor
+    /// dequantized on load are), checked value by value. `None` when one value differs in a
+    /// single bit, or `cols` is not whole blocks.
+    pub fn q8_0_if_exact(values: &[f32], rows: usize, cols: usize) -> Option<Self> {
+        if cols % BLOCK_LEN != 0 || values.len() != rows * cols {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(rows * cols / BLOCK_LEN * 34);
+        for block in values.chunks_exact(BLOCK_LEN) {
+            let amax = block.iter().fold(0f32, |m, &v| m.max(v.abs()));
+            let d = f16::from_f32(amax / 127.0);
+            let df = d.to_f32();
+            bytes.extend_from_slice(&d.to_le_bytes());
+            for &v in block {
+                let q = if df == 0.0 { 0.0 } else { (v / df).round() };
+                if q.abs() > 127.0 || q * df != v {
+                    return None;
+                }
+                bytes.push(q as i8 as u8);
+            }
+        }
+        Some(Self { format: BlockFormat::Q8_0, rows, cols, bytes })
     }
 
     /// The matrix with its rows reordered: row `i` of the result is row `source_row(i)` of this
@@ -233,6 +268,18 @@ mod tests {
         for (i, &s) in order.iter().enumerate() {
             assert_eq!(&permuted[i * 64..(i + 1) * 64], &plain[s * 64..(s + 1) * 64]);
         }
+    }
+
+    #[test]
+    fn dequantized_q8_0_values_pack_back_exactly_and_others_do_not() {
+        let w = random_matrix(8, 64, 11);
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let values = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let packed = PackedMatrix::q8_0_if_exact(&values, 8, 64).expect("Q8_0 values repack exactly");
+        assert_eq!(packed.dequantize(), values);
+        let raw = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(PackedMatrix::q8_0_if_exact(&raw, 8, 64).is_none(), "arbitrary floats are not Q8_0 values");
+        assert!(PackedMatrix::q8_0_if_exact(&values[..8 * 48], 8, 48).is_none(), "48 columns are not whole blocks");
     }
 
     #[test]

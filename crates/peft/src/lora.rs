@@ -195,6 +195,20 @@ impl LoraAdapters {
         out
     }
 
+    /// The adapters as unmerged f32 branches for the CPU decoder, by module path; `None` when
+    /// one adapts a part of a fused projection (GPT-2), which that decoder does not have.
+    pub fn decode_branches(&self) -> Result<Option<BTreeMap<String, lowrank_models::fast_decode::LoraBranch>>> {
+        let mut out = BTreeMap::new();
+        for m in self.modules.values() {
+            if m.part.is_some() {
+                return Ok(None);
+            }
+            let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+            out.insert(m.path.clone(), lowrank_models::fast_decode::LoraBranch { r: m.r, scale: m.scale as f32, a: flat(m.a.as_tensor())?, b: flat(m.b.as_tensor())? });
+        }
+        Ok(Some(out))
+    }
+
     /// `W ← W + s·B·A` (in f32, then back to W's dtype) for every adapted module; a part of a
     /// fused projection adds into its rows of the fused weight.
     pub fn merge_into(&self, weights: &mut Weights) -> Result<()> {

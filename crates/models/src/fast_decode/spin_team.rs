@@ -1,0 +1,176 @@
+//! A fixed team of threads that wait for work by spinning, for the many short parallel steps of
+//! decoding (about 120 weight products a token, 20–300 µs each): waking a sleeping thread pool
+//! costs tens of microseconds a step, a spinning thread starts in well under one. A thread that
+//! has had no work for a millisecond sleeps until the next job, so an idle team costs nothing.
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A job: called once on every thread of the team with that thread's index (0 is the caller).
+type Job = dyn Fn(usize) + Sync;
+
+struct Shared {
+    /// Bumped for each job; a worker runs a job when it sees a new value.
+    generation: AtomicUsize,
+    /// Workers that have not finished the current job.
+    remaining: AtomicUsize,
+    /// The current job, with its lifetime erased: valid until `remaining` reaches 0, which
+    /// [`SpinTeam::run`] waits for before it returns.
+    job: Mutex<Option<&'static Job>>,
+    /// A worker's job panicked.
+    panicked: AtomicBool,
+    stop: AtomicBool,
+    sleep: Mutex<()>,
+    wake: Condvar,
+}
+
+/// `threads − 1` workers plus the calling thread.
+pub struct SpinTeam {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// How long a worker spins without work before it sleeps.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_millis(1);
+
+impl SpinTeam {
+    /// A team of `threads` (at least 1: the caller alone).
+    pub fn new(threads: usize) -> Self {
+        let shared = Arc::new(Shared {
+            generation: AtomicUsize::new(0),
+            remaining: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            panicked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let workers = (1..threads.max(1))
+            .map(|index| {
+                let s = shared.clone();
+                std::thread::Builder::new().name(format!("lowrank-decode-{index}")).spawn(move || worker(&s, index))
+            })
+            .filter_map(|h| h.ok())
+            .collect();
+        Self { shared, workers }
+    }
+
+    /// Threads that take part in a job (the caller included).
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `job(i)` for every `i < threads()`, `job(0)` on this thread; returns when all are
+    /// done. A job that panics on a worker panics here too.
+    pub fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+        if self.workers.is_empty() {
+            job(0);
+            return;
+        }
+        let s = &self.shared;
+        // SAFETY: the reference is only used by workers between the generation bump below and
+        // their decrement of `remaining`; this function does not return (or unwind) before
+        // `remaining` is 0, so the job outlives every use.
+        let erased: &'static Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(job) };
+        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(erased);
+        s.remaining.store(self.workers.len(), Ordering::Release);
+        s.generation.fetch_add(1, Ordering::AcqRel);
+        {
+            let _guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(0)));
+        while s.remaining.load(Ordering::Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Err(p) = mine {
+            std::panic::resume_unwind(p);
+        }
+        if s.panicked.swap(false, Ordering::AcqRel) {
+            panic!("a decoding thread panicked");
+        }
+    }
+}
+
+fn worker(s: &Shared, index: usize) {
+    let mut seen = 0usize;
+    loop {
+        let mut idle_since = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if s.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let g = s.generation.load(Ordering::Acquire);
+            if g != seen {
+                seen = g;
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 && idle_since.elapsed() > SPIN_BEFORE_SLEEP {
+                let guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
+                if s.generation.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Acquire) {
+                    let _ = s.wake.wait_timeout(guard, Duration::from_millis(100));
+                }
+                idle_since = Instant::now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(job) = job {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(index))).is_err() {
+                s.panicked.store(true, Ordering::Release);
+            }
+        }
+        s.remaining.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for SpinTeam {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        {
+            let _guard = self.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_thread_runs_each_job_once_and_sleeping_workers_wake() {
+        let team = SpinTeam::new(3);
+        assert_eq!(team.threads(), 3);
+        let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        for round in 0..200 {
+            team.run(&|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            if round == 100 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 200));
+    }
+
+    #[test]
+    fn a_worker_panic_reaches_the_caller_and_the_team_goes_on() {
+        let team = SpinTeam::new(2);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| team.run(&|i| assert_eq!(i, 0, "worker fails"))));
+        assert!(r.is_err());
+        let n = AtomicUsize::new(0);
+        team.run(&|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 2);
+    }
+}
