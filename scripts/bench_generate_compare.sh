@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Greedy generation (batch 1, 32-token prompt, 64 new tokens, 2 threads) of SmolLM2-135M with a
-# LoRA adapter: lowrank in f32 and with quantized frozen weights, merged and unmerged, and the
-# PyTorch + PEFT baseline, alternating REPEAT times; one JSON line each. Wait for an idle machine.
+# LoRA adapter, merged and unmerged: lowrank's CPU decoder with the weights as loaded (the GGUF's
+# Q4_1 blocks, f32 activations: exact) and with 8-bit activations on Q4_1 / Q8_0 / Q4_0 weights
+# (`--quantize`), the candle path it replaced (`--engine candle`), and the PyTorch + PEFT
+# baseline (f32), alternating REPEAT times; one JSON line each. Wait for an idle machine.
 #   bash scripts/bench_generate_compare.sh [REPEAT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,10 +12,12 @@ MODEL="$(bash scripts/fetch_model.sh)"
 cargo build --release --quiet -p lowrank-cli
 export RAYON_NUM_THREADS=2
 for i in $(seq "$REPEAT"); do
-  for q in none q8_0 q4_0; do
-    ./target/release/lowrank bench generate --model "$MODEL" --quantize "$q" --repeats 3
-    ./target/release/lowrank bench generate --model "$MODEL" --quantize "$q" --repeats 3 --unmerged
+  for q in none q4_1 q8_0 q4_0; do
+    ./target/release/lowrank bench generate --model "$MODEL" --quantize "$q" --repeats 5
+    ./target/release/lowrank bench generate --model "$MODEL" --quantize "$q" --repeats 5 --unmerged
   done
+  ./target/release/lowrank bench generate --model "$MODEL" --quantize none --repeats 3 --engine candle
+  ./target/release/lowrank bench generate --model "$MODEL" --quantize q4_0 --repeats 3 --unmerged --engine candle
   python3 scripts/bench_pytorch.py --model "$MODEL" --generate --steps 3 --threads 2 2>/dev/null
   python3 scripts/bench_pytorch.py --model "$MODEL" --generate --merged --steps 3 --threads 2 2>/dev/null
 done

@@ -8,7 +8,9 @@
 //! convention: positions are columns, left padding is masked), to f32 rounding; the tests
 //! compare the two.
 use super::spin_team::SpinTeam;
-use super::weight_product::{multiply, Activations, DecodeWeight};
+use super::attention::dot;
+use super::int8_blocks::Int8Blocks;
+use super::weight_product::{multiply, DecodeWeight};
 use crate::causal_lm::CausalLm;
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
@@ -62,22 +64,10 @@ impl Projection {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Products of several projections that read the same input, in one parallel pass.
-fn project(ps: &[&Projection], x: &[f32], n: usize, activations: Activations, team: &SpinTeam) -> Vec<Vec<f32>> {
+fn project(ps: &[&Projection], x: &[f32], n: usize, team: &SpinTeam) -> Vec<Vec<f32>> {
     let weights: Vec<&DecodeWeight> = ps.iter().map(|p| &p.weight).collect();
-    let mut ys = multiply(&weights, x, n, activations, Some(team));
+    let mut ys = multiply(&weights, x, n, Some(team));
     for (p, y) in ps.iter().zip(ys.iter_mut()) {
         p.finish(x, n, y);
     }
@@ -107,8 +97,6 @@ pub struct LlamaDecoder {
     /// `(max_pos, head_dim / 2)` each: the rotary angles' cosines and sines.
     cos: Vec<f32>,
     sin: Vec<f32>,
-    /// F32 for weights as loaded, Int8 when quantized for decoding.
-    activations: Activations,
     /// The threads of the weight products (as many as rayon's pool has).
     team: SpinTeam,
     device: Device,
@@ -140,7 +128,8 @@ fn ggml(f: BlockFormat) -> GgmlDType {
     }
 }
 
-/// `values: (rows, cols)` quantized to `f` (kept dense when `cols` is not whole blocks).
+/// `values: (rows, cols)` quantized to `f` for 8-bit products (kept dense in f32 when `cols` is
+/// not whole blocks).
 fn quantized(values: Vec<f32>, rows: usize, cols: usize, f: BlockFormat) -> Result<DecodeWeight> {
     if cols % crate::packed_matrix::BLOCK_LEN != 0 {
         return Ok(DecodeWeight::Dense { rows, cols, values: Arc::new(values) });
@@ -148,7 +137,7 @@ fn quantized(values: Vec<f32>, rows: usize, cols: usize, f: BlockFormat) -> Resu
     let t = Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
     let q = QTensor::quantize(&t, ggml(f))?;
     match PackedMatrix::from_qtensor(&q)? {
-        Some(p) => Ok(DecodeWeight::Packed(Arc::new(p))),
+        Some(p) => Ok(DecodeWeight::Int8(Arc::new(Int8Blocks::from_packed(&p)))),
         None => Err(ModelError::Invalid(format!("cannot pack a ({rows}, {cols}) matrix as {}", f.name()))),
     }
 }
@@ -157,7 +146,7 @@ fn decode_weight(w: FrozenWeight, format: DecodeFormat) -> Result<DecodeWeight> 
     let (rows, cols) = w.dims2()?;
     match (w, format) {
         (FrozenWeight::Packed(p), DecodeFormat::AsLoaded) => Ok(DecodeWeight::Packed(p)),
-        (FrozenWeight::Packed(p), DecodeFormat::Quantize(f)) if p.format() == f => Ok(DecodeWeight::Packed(p)),
+        (FrozenWeight::Packed(p), DecodeFormat::Quantize(f)) if p.format() == f => Ok(DecodeWeight::Int8(Arc::new(Int8Blocks::from_packed(&p)))),
         (FrozenWeight::Packed(p), DecodeFormat::Quantize(f)) => quantized(p.dequantize(), rows, cols, f),
         (FrozenWeight::Dense(t), DecodeFormat::AsLoaded) => Ok(DecodeWeight::Dense { rows, cols, values: Arc::new(dense_values(&t)?) }),
         (FrozenWeight::Dense(t), DecodeFormat::Quantize(f)) => quantized(dense_values(&t)?, rows, cols, f),
@@ -237,11 +226,7 @@ impl LlamaDecoder {
                 sin.push(a.sin());
             }
         }
-        let activations = match format {
-            DecodeFormat::AsLoaded => Activations::F32,
-            DecodeFormat::Quantize(_) => Activations::Int8,
-        };
-        Ok(Self { config: cfg.clone(), embed_tokens, layers, norm, lm_head, cos, sin, activations, team: SpinTeam::new(rayon::current_num_threads()), device: Device::Cpu })
+        Ok(Self { config: cfg.clone(), embed_tokens, layers, norm, lm_head, cos, sin, team: SpinTeam::new(rayon::current_num_threads()), device: Device::Cpu })
     }
 
     /// Bytes of weights read per decoded token (every linear layer and the head once).
@@ -287,7 +272,7 @@ impl LlamaDecoder {
     pub fn step(&self, ids: &[u32], b: usize, t: usize, keep: &[Vec<u8>], cache: &mut HostKv) -> Result<Vec<f32>> {
         let cfg = &self.config;
         let (d, hd, heads, kvh) = (cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads);
-        let (qd, kvd, group) = (heads * hd, kvh * hd, heads / kvh);
+        let (qd, kvd) = (heads * hd, kvh * hd);
         let offset = cache.len;
         if ids.len() != b * t || keep.len() != b || keep.iter().any(|k| k.len() != offset + t) {
             return Err(ModelError::Invalid(format!("CPU decoder: {} ids for {b} rows of {t}, mask rows must hold {} positions", ids.len(), offset + t)));
@@ -313,7 +298,7 @@ impl LlamaDecoder {
         let total = offset + t;
         for (li, layer) in self.layers.iter().enumerate() {
             let x = self.rms_norm(&h, &layer.input_layernorm);
-            let mut qkv = project(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], &x, n, self.activations, &self.team).into_iter();
+            let mut qkv = project(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], &x, n, &self.team).into_iter();
             let (mut q, mut k, v) = (qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default());
             self.rotate(&mut q, heads, |j| offset + j % t);
             self.rotate(&mut k, kvh, |j| offset + j % t);
@@ -328,44 +313,21 @@ impl LlamaDecoder {
                 let (row, i) = (j / t, j % t);
                 let (keys, values) = (&rows[row].keys[li], &rows[row].values[li]);
                 let visible: Vec<usize> = (0..=offset + i).filter(|&p| keep[row][p] != 0).collect();
-                if visible.is_empty() {
-                    return;
-                }
-                let mut scores = vec![0f32; visible.len()];
-                for hh in 0..heads {
-                    let g = hh / group;
-                    let qh = &q[j * qd + hh * hd..j * qd + (hh + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (s, &p) in scores.iter_mut().zip(&visible) {
-                        *s = dot(qh, &keys[p * kvd + g * hd..p * kvd + (g + 1) * hd]) * scale;
-                        max = max.max(*s);
-                    }
-                    let mut sum = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let o = &mut out[hh * hd..(hh + 1) * hd];
-                    for (s, &p) in scores.iter().zip(&visible) {
-                        let w = s / sum;
-                        for (ov, &vv) in o.iter_mut().zip(&values[p * kvd + g * hd..p * kvd + (g + 1) * hd]) {
-                            *ov += w * vv;
-                        }
-                    }
-                }
+                let q_j = &q[j * qd..(j + 1) * qd];
+                super::attention::attend(q_j, keys, values, &visible, heads, kvh, hd, scale, &mut Vec::new(), out);
             };
             if n * total * qd > 1 << 18 {
                 ctx.par_chunks_mut(qd).enumerate().for_each(attend);
             } else {
                 ctx.chunks_mut(qd).enumerate().for_each(attend);
             }
-            let o = project(&[&layer.o_proj], &ctx, n, self.activations, &self.team).pop().unwrap_or_default();
+            let o = project(&[&layer.o_proj], &ctx, n, &self.team).pop().unwrap_or_default();
             h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let x = self.rms_norm(&h, &layer.post_attention_layernorm);
-            let mut gu = project(&[&layer.gate_proj, &layer.up_proj], &x, n, self.activations, &self.team).into_iter();
+            let mut gu = project(&[&layer.gate_proj, &layer.up_proj], &x, n, &self.team).into_iter();
             let (gate, up) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
             let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
-            let m = project(&[&layer.down_proj], &act, n, self.activations, &self.team).pop().unwrap_or_default();
+            let m = project(&[&layer.down_proj], &act, n, &self.team).pop().unwrap_or_default();
             h.iter_mut().zip(&m).for_each(|(a, b)| *a += b);
         }
         cache.len = total;
@@ -374,7 +336,7 @@ impl LlamaDecoder {
             last.extend_from_slice(&h[(row * t + t - 1) * d..(row * t + t) * d]);
         }
         let last = self.rms_norm(&last, &self.norm);
-        Ok(multiply(&[&self.lm_head], &last, b, self.activations, Some(&self.team)).pop().unwrap_or_default())
+        Ok(multiply(&[&self.lm_head], &last, b, Some(&self.team)).pop().unwrap_or_default())
     }
 }
 

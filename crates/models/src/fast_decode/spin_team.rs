@@ -21,6 +21,8 @@ struct Shared {
     /// A worker's job panicked.
     panicked: AtomicBool,
     stop: AtomicBool,
+    /// Workers asleep (or about to wait) on `wake`.
+    sleeping: AtomicUsize,
     sleep: Mutex<()>,
     wake: Condvar,
 }
@@ -43,6 +45,7 @@ impl SpinTeam {
             job: Mutex::new(None),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            sleeping: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -75,8 +78,10 @@ impl SpinTeam {
         let erased: &'static Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(job) };
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(erased);
         s.remaining.store(self.workers.len(), Ordering::Release);
-        s.generation.fetch_add(1, Ordering::AcqRel);
-        {
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        // A worker about to sleep counts itself first and checks the generation after (both
+        // SeqCst), so either it sees the new job or this sees it and wakes it.
+        if s.sleeping.load(Ordering::SeqCst) > 0 {
             let _guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
@@ -111,9 +116,11 @@ fn worker(s: &Shared, index: usize) {
             spins = spins.wrapping_add(1);
             if spins % 1024 == 0 && idle_since.elapsed() > SPIN_BEFORE_SLEEP {
                 let guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
-                if s.generation.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Acquire) {
+                s.sleeping.fetch_add(1, Ordering::SeqCst);
+                if s.generation.load(Ordering::SeqCst) == seen && !s.stop.load(Ordering::SeqCst) {
                     let _ = s.wake.wait_timeout(guard, Duration::from_millis(100));
                 }
+                s.sleeping.fetch_sub(1, Ordering::SeqCst);
                 idle_since = Instant::now();
             } else {
                 std::hint::spin_loop();
