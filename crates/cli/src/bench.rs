@@ -31,16 +31,16 @@ pub struct BenchGenerateArgs {
     /// Keep the adapter as a separate branch instead of merging it.
     #[arg(long)]
     unmerged: bool,
-    /// Quantize the frozen weights for decoding: none, q8_0, q4_0, q4_1, ...
+    /// As `generate --quantize`: none, q8_0, q4_0, q4_1; q5_0, q5_1, q4_k, q6_k decode on the
+    /// candle path.
     #[arg(long, default_value = "none")]
     quantize: String,
     /// Timed repetitions (after one warm-up).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// `fast`: the CPU decoder where it applies (Llama family, CPU, f32; what `generate` and
-    /// `eval` use); `candle`: the training model's own incremental forward.
-    #[arg(long, default_value = "fast")]
-    engine: String,
+    /// As `generate --engine`: `fast` (lowrank's CPU decoder where it applies) or `candle`.
+    #[arg(long, value_enum, default_value = "fast")]
+    engine: crate::common::Engine,
 }
 
 fn targets_of(s: &str) -> TargetSpec {
@@ -53,9 +53,8 @@ fn device_name(dev: &candle_core::Device) -> &'static str {
 
 fn run_generate(a: BenchGenerateArgs) -> Result<()> {
     anyhow::ensure!(a.repeats >= 1, "--repeats must be at least 1");
-    anyhow::ensure!(matches!(a.engine.as_str(), "fast" | "candle"), "--engine must be fast or candle, got `{}`", a.engine);
     let dev = device();
-    let fast = a.engine == "fast";
+    let fast = a.engine == crate::common::Engine::Fast;
     let mut loaded = load_model_with(&a.model, &dev, candle_core::DType::F32, fast).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
     let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;

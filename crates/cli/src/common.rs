@@ -99,12 +99,20 @@ pub struct Ready {
     pub adapters: Option<LoraAdapters>,
 }
 
-pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dtype: DType, quantize: &str) -> Result<Ready> {
+/// Which code decodes on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// lowrank's CPU decoder where it applies (Llama family, CPU, f32), candle otherwise.
+    Fast,
+    /// The training model's own incremental forward (candle ops).
+    Candle,
+}
+
+pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dtype: DType, quantize: &str, engine: Engine) -> Result<Ready> {
     let dev = device();
     let quant = lowrank_models::quantized_linear::parse_quantization(quantize)?;
-    // On the CPU in f32 a GGUF's block-quantized weights stay packed: the CPU decoder reads them
-    // as stored (and the candle path expands them per product, with the same values).
-    let keep_packed = dev.is_cpu() && dtype == DType::F32;
+    // For the CPU decoder a GGUF's block-quantized weights stay packed and are read as stored.
+    let keep_packed = engine == Engine::Fast && dev.is_cpu() && dtype == DType::F32;
     let mut loaded = load_model_with(model, &dev, dtype, keep_packed).with_context(|| format!("loading model {}", model.display()))?;
     let adapters = match adapter {
         Some(dir) => {
@@ -116,12 +124,18 @@ pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dty
         }
         None => None,
     };
+    // Rounding merged weights to 4- or 8-bit blocks would round a small adapter update away
+    // (the step between 4-bit levels is larger than most of B·A's entries): with `--quantize`
+    // the adapter stays an f32 branch beside the quantized base.
+    let merge = merge && quant.is_none();
     if let (Some(a), true) = (&adapters, merge) {
         a.merge_into(&mut loaded.weights)?;
     }
     let unmerged = adapters.as_ref().filter(|_| !merge);
-    if let Some(model) = cpu_decoder(&mut loaded, unmerged, quant, &dev, dtype)? {
-        return Ok(Ready { loaded, model, adapters });
+    if engine == Engine::Fast {
+        if let Some(model) = cpu_decoder(&mut loaded, unmerged, quant, &dev, dtype)? {
+            return Ok(Ready { loaded, model, adapters });
+        }
     }
     let model = match (unmerged, quant) {
         (Some(a), None) => AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: a, dropout: 0.0 }, &dev)?,

@@ -53,9 +53,15 @@ pub struct EvalArgs {
     metrics: crate::score::MetricArgs,
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Quantize the frozen weights for decoding (faster, approximate): none, q8_0, q4_0, q4_1.
+    /// Decode with block-quantized weights and 8-bit activations (faster, approximate): none,
+    /// q8_0, q4_0, q4_1 (a GGUF weight already in that format is kept as it is). `none` reads the
+    /// weights as loaded (a GGUF's 4-bit blocks too) with f32 activations.
     #[arg(long, default_value = "none")]
     quantize: String,
+    /// `fast`: lowrank's CPU decoder (Llama family on the CPU in f32; elsewhere candle);
+    /// `candle`: the training model's own forward.
+    #[arg(long, value_enum, default_value = "fast")]
+    engine: crate::common::Engine,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -77,7 +83,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.limit > 0 {
         groups.truncate(a.limit);
     }
-    let ready = open_for_inference(&a.model, a.adapter.as_deref(), true, compute_dtype(&a.dtype)?, &a.quantize)?;
+    let ready = open_for_inference(&a.model, a.adapter.as_deref(), true, compute_dtype(&a.dtype)?, &a.quantize, a.engine)?;
     let tok = &ready.loaded.tokenizer;
     let bar = ProgressBar::new(groups.len() as u64);
     bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} prompts ETA {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));

@@ -33,9 +33,15 @@ pub struct GenerateArgs {
     no_merge: bool,
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Quantize the frozen weights for decoding (faster, approximate): none, q8_0, q4_0, q4_1.
+    /// Decode with block-quantized weights and 8-bit activations (faster, approximate): none,
+    /// q8_0, q4_0, q4_1 (a GGUF weight already in that format is kept as it is). `none` reads the
+    /// weights as loaded (a GGUF's 4-bit blocks too) with f32 activations.
     #[arg(long, default_value = "none")]
     quantize: String,
+    /// `fast`: lowrank's CPU decoder (Llama family on the CPU in f32; elsewhere candle);
+    /// `candle`: the training model's own forward.
+    #[arg(long, value_enum, default_value = "fast")]
+    engine: crate::common::Engine,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -45,7 +51,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(p) = a.top_p {
         anyhow::ensure!(p > 0.0 && p <= 1.0, "--top-p must be in (0, 1], got {p}");
     }
-    let ready = open_for_inference(&a.model, a.adapter.as_deref(), !a.no_merge, compute_dtype(&a.dtype)?, &a.quantize)?;
+    let ready = open_for_inference(&a.model, a.adapter.as_deref(), !a.no_merge, compute_dtype(&a.dtype)?, &a.quantize, a.engine)?;
     let tok = &ready.loaded.tokenizer;
     let text = if a.chat { tok.chat_prompt(&a.prompt) } else { a.prompt.clone() };
     let ids = crate::common::prompt_ids(&ready.model, tok, &text)?;

@@ -37,7 +37,22 @@ pub struct LoraBranch {
 struct Projection {
     weight: DecodeWeight,
     bias: Option<Vec<f32>>,
-    lora: Option<LoraBranch>,
+    lora: Option<Branch>,
+}
+
+/// A LoRA branch as the decoder applies it: `a: (r, d_in)` pre-multiplied by the scale and
+/// `b_t = Bᵀ: (r, d_out)`, so `y += Σ_k (s·A x)_k · b_t[k]` runs along contiguous rows.
+struct Branch {
+    r: usize,
+    a: Vec<f32>,
+    b_t: Vec<f32>,
+}
+
+impl Branch {
+    fn new(l: &LoraBranch, d_out: usize) -> Self {
+        let b_t = (0..l.r).flat_map(|k| (0..d_out).map(move |o| l.b[o * l.r + k])).collect();
+        Self { r: l.r, a: l.a.iter().map(|v| v * l.scale).collect(), b_t }
+    }
 }
 
 impl Projection {
@@ -50,14 +65,14 @@ impl Projection {
             }
         }
         if let Some(l) = &self.lora {
-            let mut ax = vec![0f32; l.r];
             for j in 0..n {
                 let xj = &x[j * d_in..(j + 1) * d_in];
-                for (k, v) in ax.iter_mut().enumerate() {
-                    *v = dot(&l.a[k * d_in..(k + 1) * d_in], xj) * l.scale;
-                }
-                for (o, yo) in y[j * d_out..(j + 1) * d_out].iter_mut().enumerate() {
-                    *yo += dot(&l.b[o * l.r..(o + 1) * l.r], &ax);
+                let yj = &mut y[j * d_out..(j + 1) * d_out];
+                for k in 0..l.r {
+                    let ax = dot(&l.a[k * d_in..(k + 1) * d_in], xj);
+                    for (yo, &b) in yj.iter_mut().zip(&l.b_t[k * d_out..(k + 1) * d_out]) {
+                        *yo += ax * b;
+                    }
                 }
             }
         }
@@ -109,10 +124,10 @@ pub enum DecodeFormat {
     /// whose values are all Q8_0 values (a GGUF's Q8_0 embedding, dequantized on load) is kept
     /// as Q8_0, which loses nothing.
     AsLoaded,
-    /// Every linear weight and the head in this format (a weight already in it is kept as it
-    /// is, others are quantized) and the activations rounded to 8 bits for the products, as
-    /// llama.cpp computes: faster, approximate (`--quantize`). The input embedding stays as
-    /// loaded.
+    /// Weights held in f32 quantized to this format, weights already in blocks (a GGUF's, a
+    /// head whose values are Q8_0 values) kept as they are, never rounded twice; activations
+    /// rounded to 8 bits for the products, as llama.cpp computes: faster, approximate
+    /// (`--quantize`). The input embedding stays as loaded.
     Quantize(BlockFormat),
 }
 
@@ -146,8 +161,8 @@ fn decode_weight(w: FrozenWeight, format: DecodeFormat) -> Result<DecodeWeight> 
     let (rows, cols) = w.dims2()?;
     match (w, format) {
         (FrozenWeight::Packed(p), DecodeFormat::AsLoaded) => Ok(DecodeWeight::Packed(p)),
-        (FrozenWeight::Packed(p), DecodeFormat::Quantize(f)) if p.format() == f => Ok(DecodeWeight::Int8(Arc::new(Int8Blocks::from_packed(&p)))),
-        (FrozenWeight::Packed(p), DecodeFormat::Quantize(f)) => quantized(p.dequantize(), rows, cols, f),
+        // Already in blocks (a GGUF's): kept as stored, never rounded a second time.
+        (FrozenWeight::Packed(p), DecodeFormat::Quantize(_)) => Ok(DecodeWeight::Int8(Arc::new(Int8Blocks::from_packed(&p)))),
         (FrozenWeight::Dense(t), DecodeFormat::AsLoaded) => Ok(DecodeWeight::Dense { rows, cols, values: Arc::new(dense_values(&t)?) }),
         (FrozenWeight::Dense(t), DecodeFormat::Quantize(f)) => quantized(dense_values(&t)?, rows, cols, f),
     }
@@ -176,7 +191,7 @@ impl LlamaDecoder {
                         });
                     }
                     used += 1;
-                    Some(l.clone())
+                    Some(Branch::new(l, d_out))
                 }
                 None => None,
             };
@@ -213,7 +228,10 @@ impl LlamaDecoder {
                 Some(p) => DecodeWeight::Packed(Arc::new(p)),
                 None => DecodeWeight::Dense { rows: v, cols: d, values: head_values },
             },
-            DecodeFormat::Quantize(f) => quantized(head_values.to_vec(), v, d, f)?,
+            DecodeFormat::Quantize(f) => match PackedMatrix::q8_0_if_exact(&head_values, v, d) {
+                Some(p) => DecodeWeight::Int8(Arc::new(Int8Blocks::from_packed(&p))),
+                None => quantized(head_values.to_vec(), v, d, f)?,
+            },
         };
         // As the training model builds its tables: f32 inverse frequencies times f32 positions.
         let inv: Vec<f32> = crate::llama::inv_freqs(cfg).into_iter().map(|f| f as f32).collect();
