@@ -114,6 +114,16 @@ fn train_resume_merge_generate() {
     assert_eq!(with_adapter, from_merged);
     let base = ok(&run(bin().args(["generate", "--model"]).arg(tiny()).args(["--prompt", prompt, "--max-new-tokens", "12"])));
     assert_ne!(base, with_adapter, "the adapter changed nothing");
+    // The CPU decoder (default) and the candle path give the same text, merged and unmerged;
+    // with --quantize the adapter is kept as a branch, so its update survives the rounding.
+    let merged_here = ok(&run(bin().args(["generate", "--model"]).arg(tiny()).arg("--adapter").arg(full.join("adapter")).args(["--prompt", prompt, "--max-new-tokens", "12"])));
+    assert_eq!(merged_here, with_adapter);
+    for extra in [&["--engine", "candle"][..], &["--engine", "candle", "--no-merge"][..]] {
+        let candle = ok(&run(bin().args(["generate", "--model"]).arg(tiny()).arg("--adapter").arg(full.join("adapter")).args(["--prompt", prompt, "--max-new-tokens", "12"]).args(extra)));
+        assert_eq!(candle, with_adapter, "{extra:?}");
+    }
+    let quantized = ok(&run(bin().args(["generate", "--model"]).arg(tiny()).arg("--adapter").arg(full.join("adapter")).args(["--prompt", prompt, "--max-new-tokens", "12", "--quantize", "q8_0"])));
+    assert!(!quantized.trim().is_empty());
     // Sampling is reproducible for a seed.
     let s1 = ok(&run(bin().args(["generate", "--model"]).arg(tiny()).args(["--prompt", prompt, "--temperature", "1.0", "--top-p", "0.9", "--seed", "3"])));
     let s2 = ok(&run(bin().args(["generate", "--model"]).arg(tiny()).args(["--prompt", prompt, "--temperature", "1.0", "--top-p", "0.9", "--seed", "3"])));
