@@ -31,6 +31,8 @@ struct Shared {
 pub struct SpinTeam {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    /// One job at a time: callers on several threads take turns.
+    running: Mutex<()>,
 }
 
 /// How long a worker spins without work before it sleeps.
@@ -56,7 +58,7 @@ impl SpinTeam {
             })
             .filter_map(|h| h.ok())
             .collect();
-        Self { shared, workers }
+        Self { shared, workers, running: Mutex::new(()) }
     }
 
     /// Threads that take part in a job (the caller included).
@@ -71,6 +73,7 @@ impl SpinTeam {
             job(0);
             return;
         }
+        let _turn = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let s = &self.shared;
         // SAFETY: the reference is only used by workers between the generation bump below and
         // their decrement of `remaining`; this function does not return (or unwind) before
