@@ -24,7 +24,7 @@ fn logits(m: &LoadedModel, adapters: &LoraAdapters, g: &BTreeMap<String, Tensor>
     match AnyModel::new(&m.config, &m.weights, &site, &Device::Cpu).unwrap() {
         AnyModel::Gpt2(model) => model.forward(&g["input_ids"], Some(&g["attention_mask"]), false).unwrap(),
         AnyModel::T5(model) => model.forward(&g["input_ids"], Some(&g["attention_mask"]), &rows_i64(&g["labels"]), false).unwrap(),
-        AnyModel::Llama(_) => unreachable!(),
+        AnyModel::Llama(_) | AnyModel::LlamaDecoder(_) => unreachable!("the fixtures here are GPT-2 and T5"),
     }
 }
 

@@ -166,6 +166,7 @@ pub(crate) struct Int8Slice<'a> {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{padded, value_bytes, Int8Blocks, Int8Slice};
+    use crate::fast_decode::weight_product::avx2::hsum;
     use crate::packed_matrix::{BlockFormat, BLOCK_LEN};
     use std::arch::x86_64::*;
 
@@ -194,15 +195,6 @@ mod avx2 {
             BlockFormat::Q4_1 => go!(Q4_1),
             BlockFormat::Q8_0 => go!(Q8_0),
         }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
     }
 
     /// Eight f16 at `p` as f32.
@@ -273,17 +265,9 @@ mod tests {
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
-    }
+    use crate::fast_decode::test_values as values;
 
-    /// Within 1 % of Σ|w·x| of the f64 sums over the dequantized weight, 1–4 vectors, rows
+    /// Within 1 % of Σ|w·x| of the f64 sums over the dequantized weight, 1–8 vectors, rows
     /// whose blocks are not whole groups of 8 (160 = 5 blocks, 352 = 11); the portable loop
     /// and the AVX2 kernel agree.
     #[test]
