@@ -198,14 +198,14 @@ pub(crate) mod avx2 {
     use super::Kind;
     use std::arch::x86_64::*;
 
-    pub fn available() -> bool {
+    pub(super) fn available() -> bool {
         super::avx2_available()
     }
 
     /// See [`super::product`]; the caller checks the CPU features and the bounds.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn product(kind: Kind, bytes: *const u8, row_bytes: usize, rows: usize, cols: usize, x: *const f32, nv: usize, out: *mut f32, stride: usize) {
+    pub(super) unsafe fn product(kind: Kind, bytes: *const u8, row_bytes: usize, rows: usize, cols: usize, x: *const f32, nv: usize, out: *mut f32, stride: usize) {
         macro_rules! go {
             ($k:ident) => {
                 match nv {
