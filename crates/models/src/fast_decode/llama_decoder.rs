@@ -8,7 +8,7 @@
 //! convention: positions are columns, left padding is masked), to f32 rounding; the tests
 //! compare the two.
 use super::spin_team::SpinTeam;
-use super::attention::dot;
+use super::attention::{attend_head, dot};
 use super::int8_blocks::Int8Blocks;
 use super::weight_product::{multiply, DecodeWeight};
 use crate::causal_lm::CausalLm;
@@ -20,7 +20,6 @@ use crate::packed_matrix::{BlockFormat, PackedMatrix};
 use crate::weights::Weights;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -290,7 +289,7 @@ impl LlamaDecoder {
     pub fn step(&self, ids: &[u32], b: usize, t: usize, keep: &[Vec<u8>], cache: &mut HostKv) -> Result<Vec<f32>> {
         let cfg = &self.config;
         let (d, hd, heads, kvh) = (cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads);
-        let (qd, kvd) = (heads * hd, kvh * hd);
+        let (qd, kvd, group) = (heads * hd, kvh * hd, heads / kvh);
         let offset = cache.len;
         if ids.len() != b * t || keep.len() != b || keep.iter().any(|k| k.len() != offset + t) {
             return Err(ModelError::Invalid(format!("CPU decoder: {} ids for {b} rows of {t}, mask rows must hold {} positions", ids.len(), offset + t)));
@@ -324,27 +323,45 @@ impl LlamaDecoder {
                 kv.keys[li].extend_from_slice(&k[row * t * kvd..(row + 1) * t * kvd]);
                 kv.values[li].extend_from_slice(&v[row * t * kvd..(row + 1) * t * kvd]);
             }
-            // Attention of each new position (row, i) over the row's kept positions ≤ offset + i.
+            // Attention of each new position (row, i) over the row's kept positions ≤ offset + i,
+            // one head a unit of work, on the team when there is enough of it.
+            let visible: Vec<Vec<usize>> = (0..n).map(|j| (0..=offset + j % t).filter(|&p| keep[j / t][p] != 0).collect()).collect();
             let mut ctx = vec![0f32; n * qd];
             let rows = &cache.rows;
-            let attend = |(j, out): (usize, &mut [f32])| {
-                let (row, i) = (j / t, j % t);
-                let (keys, values) = (&rows[row].keys[li], &rows[row].values[li]);
-                let visible: Vec<usize> = (0..=offset + i).filter(|&p| keep[row][p] != 0).collect();
-                let q_j = &q[j * qd..(j + 1) * qd];
-                super::attention::attend(q_j, keys, values, &visible, heads, kvh, hd, scale, &mut Vec::new(), out);
+            let unit = |u: usize, out: &mut [f32], scores: &mut Vec<f32>| {
+                let (j, hh) = (u / heads, u % heads);
+                let row = &rows[j / t];
+                let q_h = &q[j * qd + hh * hd..j * qd + (hh + 1) * hd];
+                attend_head(q_h, hh / group, &row.keys[li], &row.values[li], &visible[j], kvh, scale, scores, out);
             };
-            if n * total * qd > 1 << 18 {
-                ctx.par_chunks_mut(qd).enumerate().for_each(attend);
+            if n * heads * total * hd < 1 << 12 || self.team.threads() == 1 {
+                let mut scores = Vec::new();
+                ctx.chunks_mut(hd).enumerate().for_each(|(u, out)| unit(u, out, &mut scores));
             } else {
-                ctx.chunks_mut(qd).enumerate().for_each(attend);
+                let units: Vec<std::sync::Mutex<&mut [f32]>> = ctx.chunks_mut(hd).map(std::sync::Mutex::new).collect();
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                let step = (units.len() / (self.team.threads() * 8)).max(1);
+                self.team.run(&|_| {
+                    let mut scores = Vec::new();
+                    loop {
+                        let first = next.fetch_add(step, std::sync::atomic::Ordering::Relaxed);
+                        if first >= units.len() {
+                            break;
+                        }
+                        for u in first..(first + step).min(units.len()) {
+                            let mut out = units[u].lock().unwrap_or_else(|e| e.into_inner());
+                            unit(u, &mut out, &mut scores);
+                        }
+                    }
+                });
             }
             let o = project(&[&layer.o_proj], &ctx, n, &self.team).pop().unwrap_or_default();
             h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let x = self.rms_norm(&h, &layer.post_attention_layernorm);
             let mut gu = project(&[&layer.gate_proj, &layer.up_proj], &x, n, &self.team).into_iter();
             let (gate, up) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
-            let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+            let mut act = vec![0f32; gate.len()];
+            super::elementwise::swiglu_into(&gate, &up, &mut act);
             let m = project(&[&layer.down_proj], &act, n, &self.team).pop().unwrap_or_default();
             h.iter_mut().zip(&m).for_each(|(a, b)| *a += b);
         }

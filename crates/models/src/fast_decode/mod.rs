@@ -2,6 +2,7 @@
 //! buffers ([`llama_decoder`]) and the weight products that are its whole cost
 //! ([`weight_product`]).
 pub mod attention;
+pub mod elementwise;
 pub mod int8_blocks;
 pub mod llama_decoder;
 pub mod spin_team;
