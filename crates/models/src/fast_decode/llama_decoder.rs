@@ -313,6 +313,8 @@ impl LlamaDecoder {
         }
         let scale = 1.0 / (hd as f32).sqrt();
         let total = offset + t;
+        // The positions each new token sees (the same in every layer).
+        let visible: Vec<Vec<usize>> = (0..n).map(|j| (0..=offset + j % t).filter(|&p| keep[j / t][p] != 0).collect()).collect();
         for (li, layer) in self.layers.iter().enumerate() {
             let x = self.rms_norm(&h, &layer.input_layernorm);
             let mut qkv = project(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], &x, n, &self.team).into_iter();
@@ -325,7 +327,6 @@ impl LlamaDecoder {
             }
             // Attention of each new position (row, i) over the row's kept positions ≤ offset + i,
             // one head a unit of work, on the team when there is enough of it.
-            let visible: Vec<Vec<usize>> = (0..n).map(|j| (0..=offset + j % t).filter(|&p| keep[j / t][p] != 0).collect()).collect();
             let mut ctx = vec![0f32; n * qd];
             let rows = &cache.rows;
             let unit = |u: usize, out: &mut [f32], scores: &mut Vec<f32>| {
