@@ -30,7 +30,7 @@ pub struct KvCache {
 pub struct HostKv {
     /// Positions cached (the same for every row: padding is masked, not skipped).
     pub len: usize,
-    /// `rows[row].keys[layer]`, `rows[row].values[layer]`.
+    /// `rows[row].keys[layer · kv_heads + kv_head]` and `.values[…]`: `(positions, head_dim)` each.
     pub rows: Vec<HostRowKv>,
 }
 

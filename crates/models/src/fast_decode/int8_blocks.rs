@@ -59,6 +59,15 @@ impl Int8Blocks {
         self.values.len() + 2 * (self.scales.len() + self.offsets.len())
     }
 
+    /// The memory a product reads: values, scales, offsets.
+    pub(crate) fn regions(&self) -> [&[u8]; 3] {
+        let bytes = |v: &[u16]| -> &[u8] {
+            // SAFETY: u16 has no padding and any byte pattern is a valid u8; the length is in bytes.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+        };
+        [&self.values, bytes(&self.scales), bytes(&self.offsets)]
+    }
+
     /// `out[(r − rows.start) · stride + j] = Σ_c W[r, c] · x[j, c]` for `x.n ≤ 8` vectors.
     pub(crate) fn rows_times(&self, rows: std::ops::Range<usize>, x: Int8Slice, out: &mut [f32], stride: usize) {
         let blocks = self.cols / BLOCK_LEN;
@@ -131,18 +140,7 @@ impl Int8Vectors {
         let mut q = vec![0i8; x.len()];
         let (mut scale, mut sum) = (vec![0f32; n * pb], vec![0f32; n * pb]);
         for (j, (xv, qv)) in x.chunks_exact(cols).zip(q.chunks_exact_mut(cols)).enumerate() {
-            for (k, (b, qb)) in xv.chunks_exact(BLOCK_LEN).zip(qv.chunks_exact_mut(BLOCK_LEN)).enumerate() {
-                let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                for (o, &v) in qb.iter_mut().zip(b) {
-                    // Round half away from zero (as `f32::round`), without a libm call.
-                    let s = v * inv;
-                    *o = (s + 0.5f32.copysign(s)) as i8;
-                }
-                scale[j * pb + k] = d;
-                sum[j * pb + k] = b.iter().sum();
-            }
+            round_vector(xv, qv, &mut scale[j * pb..(j + 1) * pb], &mut sum[j * pb..(j + 1) * pb]);
         }
         Self { cols, q, scale, sum }
     }
@@ -151,6 +149,35 @@ impl Int8Vectors {
     pub(crate) fn slice(&self, j0: usize, n: usize) -> Int8Slice<'_> {
         let pb = self.scale.len() / (self.q.len() / self.cols).max(1);
         Int8Slice { n, q: &self.q[j0 * self.cols..(j0 + n) * self.cols], scale: &self.scale[j0 * pb..(j0 + n) * pb], sum: &self.sum[j0 * pb..(j0 + n) * pb] }
+    }
+}
+
+crate::ops::cpu_util::simd_versions! {
+    /// One vector `x: (cols)` to `q`, with each block's scale and sum (8 running sums each).
+    pub fn round_vector(x: &[f32], q: &mut [i8], scale: &mut [f32], sum: &mut [f32]) -> () {
+        for (k, (b, qb)) in x.chunks_exact(BLOCK_LEN).zip(q.chunks_exact_mut(BLOCK_LEN)).enumerate() {
+            let (mut amax, mut total) = ([0f32; 8], [0f32; 8]);
+            for c in b.chunks_exact(8) {
+                for l in 0..8 {
+                    amax[l] = amax[l].max(c[l].abs());
+                    total[l] += c[l];
+                }
+            }
+            let d = amax.iter().fold(0f32, |m, &v| m.max(v)) / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (o, &v) in qb.iter_mut().zip(b) {
+                // Round half away from zero (as `f32::round`), without a libm call; clamped
+                // so the conversion needs no checks (|s| ≤ 127.5 anyway): `max` first turns a
+                // NaN into −127, which `clamp` would keep as NaN.
+                let s = v * inv;
+                #[allow(clippy::manual_clamp)]
+                let r = (s + 0.5f32.copysign(s)).max(-127.0).min(127.0);
+                // SAFETY: `r` is finite and within the range of i32 (clamped above).
+                *o = unsafe { r.to_int_unchecked::<i32>() } as i8;
+            }
+            scale[k] = d;
+            sum[k] = total.iter().sum();
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 use super::spin_team::SpinTeam;
 use super::attention::{attend_head, dot};
 use super::int8_blocks::Int8Blocks;
-use super::weight_product::{multiply, DecodeWeight};
+use super::weight_product::{multiply_then_read_ahead, DecodeWeight};
 use crate::causal_lm::CausalLm;
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
@@ -78,10 +78,11 @@ impl Projection {
     }
 }
 
-/// Products of several projections that read the same input, in one parallel pass.
-fn project(ps: &[&Projection], x: &[f32], n: usize, team: &SpinTeam) -> Vec<Vec<f32>> {
+/// Products of several projections that read the same input, in one parallel pass; then the
+/// weights of `next` (the next pass's) are read ahead while the caller goes on.
+fn project(ps: &[&Projection], x: &[f32], n: usize, team: &SpinTeam, next: &[&DecodeWeight]) -> Vec<Vec<f32>> {
     let weights: Vec<&DecodeWeight> = ps.iter().map(|p| &p.weight).collect();
-    let mut ys = multiply(&weights, x, n, Some(team));
+    let mut ys = multiply_then_read_ahead(&weights, x, n, Some(team), next);
     for (p, y) in ps.iter().zip(ys.iter_mut()) {
         p.finish(x, n, y);
     }
@@ -297,10 +298,13 @@ impl LlamaDecoder {
         if offset + t > cfg.max_position_embeddings {
             return Err(ModelError::Invalid(format!("sequence of {} tokens exceeds max_position_embeddings = {}", offset + t, cfg.max_position_embeddings)));
         }
+        let slots = self.layers.len() * kvh;
         if cache.rows.is_empty() {
-            cache.rows = vec![HostRowKv { keys: vec![Vec::new(); self.layers.len()], values: vec![Vec::new(); self.layers.len()] }; b];
+            cache.rows = vec![HostRowKv { keys: vec![Vec::new(); slots], values: vec![Vec::new(); slots] }; b];
         } else if cache.rows.len() != b {
             return Err(ModelError::Invalid(format!("CPU decoder: {b} rows, the cache holds {}", cache.rows.len())));
+        } else if cache.rows.iter().any(|r| r.keys.len() != slots || r.values.len() != slots) {
+            return Err(ModelError::Invalid(format!("CPU decoder: the cache was not made for {} layers of {kvh} key/value heads", self.layers.len())));
         }
         let n = b * t;
         let mut h = vec![0f32; n * d];
@@ -317,13 +321,18 @@ impl LlamaDecoder {
         let visible: Vec<Vec<usize>> = (0..n).map(|j| (0..=offset + j % t).filter(|&p| keep[j / t][p] != 0).collect()).collect();
         for (li, layer) in self.layers.iter().enumerate() {
             let x = self.rms_norm(&h, &layer.input_layernorm);
-            let mut qkv = project(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], &x, n, &self.team).into_iter();
+            let mut qkv = project(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], &x, n, &self.team, &[&layer.o_proj.weight]).into_iter();
             let (mut q, mut k, v) = (qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default());
             self.rotate(&mut q, heads, |j| offset + j % t);
             self.rotate(&mut k, kvh, |j| offset + j % t);
             for (row, kv) in cache.rows.iter_mut().enumerate() {
-                kv.keys[li].extend_from_slice(&k[row * t * kvd..(row + 1) * t * kvd]);
-                kv.values[li].extend_from_slice(&v[row * t * kvd..(row + 1) * t * kvd]);
+                for p in row * t..(row + 1) * t {
+                    for g in 0..kvh {
+                        let at = p * kvd + g * hd;
+                        kv.keys[li * kvh + g].extend_from_slice(&k[at..at + hd]);
+                        kv.values[li * kvh + g].extend_from_slice(&v[at..at + hd]);
+                    }
+                }
             }
             // Attention of each new position (row, i) over the row's kept positions ≤ offset + i,
             // one head a unit of work, on the team when there is enough of it.
@@ -333,7 +342,8 @@ impl LlamaDecoder {
                 let (j, hh) = (u / heads, u % heads);
                 let row = &rows[j / t];
                 let q_h = &q[j * qd + hh * hd..j * qd + (hh + 1) * hd];
-                attend_head(q_h, hh / group, &row.keys[li], &row.values[li], &visible[j], kvh, scale, scores, out);
+                let slot = li * kvh + hh / group;
+                attend_head(q_h, &row.keys[slot], &row.values[slot], &visible[j], scale, scores, out);
             };
             if n * heads * total * hd < 1 << 12 || self.team.threads() == 1 {
                 let mut scores = Vec::new();
@@ -356,14 +366,18 @@ impl LlamaDecoder {
                     }
                 });
             }
-            let o = project(&[&layer.o_proj], &ctx, n, &self.team).pop().unwrap_or_default();
+            let o = project(&[&layer.o_proj], &ctx, n, &self.team, &[&layer.gate_proj.weight, &layer.up_proj.weight]).pop().unwrap_or_default();
             h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let x = self.rms_norm(&h, &layer.post_attention_layernorm);
-            let mut gu = project(&[&layer.gate_proj, &layer.up_proj], &x, n, &self.team).into_iter();
+            let mut gu = project(&[&layer.gate_proj, &layer.up_proj], &x, n, &self.team, &[&layer.down_proj.weight]).into_iter();
             let (gate, up) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
             let mut act = vec![0f32; gate.len()];
             super::elementwise::swiglu_into(&gate, &up, &mut act);
-            let m = project(&[&layer.down_proj], &act, n, &self.team).pop().unwrap_or_default();
+            let next: Vec<&DecodeWeight> = match self.layers.get(li + 1) {
+                Some(l) => vec![&l.q_proj.weight, &l.k_proj.weight, &l.v_proj.weight],
+                None => vec![&self.lm_head],
+            };
+            let m = project(&[&layer.down_proj], &act, n, &self.team, &next).pop().unwrap_or_default();
             h.iter_mut().zip(&m).for_each(|(a, b)| *a += b);
         }
         cache.len = total;
@@ -372,7 +386,9 @@ impl LlamaDecoder {
             last.extend_from_slice(&h[(row * t + t - 1) * d..(row * t + t) * d]);
         }
         let last = self.rms_norm(&last, &self.norm);
-        Ok(multiply(&[&self.lm_head], &last, b, Some(&self.team)).pop().unwrap_or_default())
+        // The next step starts with the first layer's q, k, v.
+        let next: Vec<&DecodeWeight> = self.layers.first().map(|l| vec![&l.q_proj.weight, &l.k_proj.weight, &l.v_proj.weight]).unwrap_or_default();
+        Ok(multiply_then_read_ahead(&[&self.lm_head], &last, b, Some(&self.team), &next).pop().unwrap_or_default())
     }
 }
 

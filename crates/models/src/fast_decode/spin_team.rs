@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 /// A job: called once on every thread of the team with that thread's index (0 is the caller).
 type Job = dyn Fn(usize) + Sync;
 
+/// Work for the first worker after its share of a job, while the caller goes on (reading ahead
+/// the weights of the next step, say): owns what it reads, and stops soon after the flag it is
+/// given turns true (at the start of the next job).
+pub type Tail = Arc<dyn Fn(&AtomicBool) + Send + Sync>;
+
 struct Shared {
     /// Bumped for each job; a worker runs a job when it sees a new value.
     generation: AtomicUsize,
@@ -18,6 +23,12 @@ struct Shared {
     /// The current job, with its lifetime erased: valid until `remaining` reaches 0, which
     /// [`SpinTeam::run`] waits for before it returns.
     job: Mutex<Option<&'static Job>>,
+    /// The tail of the current job, taken by worker 1.
+    tail: Mutex<Option<Tail>>,
+    /// Asks a running tail to stop.
+    abort: AtomicBool,
+    /// Worker 1 has a tail to run or is running it.
+    tail_running: AtomicBool,
     /// A worker's job panicked.
     panicked: AtomicBool,
     stop: AtomicBool,
@@ -45,6 +56,9 @@ impl SpinTeam {
             generation: AtomicUsize::new(0),
             remaining: AtomicUsize::new(0),
             job: Mutex::new(None),
+            tail: Mutex::new(None),
+            abort: AtomicBool::new(false),
+            tail_running: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             sleeping: AtomicUsize::new(0),
@@ -69,12 +83,28 @@ impl SpinTeam {
     /// Runs `job(i)` for every `i < threads()`, `job(0)` on this thread; returns when all are
     /// done. A job that panics on a worker panics here too.
     pub fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+        self.run_then(job, None)
+    }
+
+    /// As [`Self::run`]; then worker 1, once its share is done, runs `tail` while this returns
+    /// and the caller goes on; the next job stops the tail first (`tail` is dropped without
+    /// running on a team of one).
+    pub fn run_then(&self, job: &(dyn Fn(usize) + Sync), tail: Option<Tail>) {
         if self.workers.is_empty() {
             job(0);
             return;
         }
         let _turn = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let s = &self.shared;
+        // The previous job's tail, if still running, stops first.
+        if s.tail_running.load(Ordering::Acquire) {
+            s.abort.store(true, Ordering::Release);
+            while s.tail_running.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+        }
+        s.abort.store(false, Ordering::Release);
+        *s.tail.lock().unwrap_or_else(|e| e.into_inner()) = tail;
         // SAFETY: the reference is only used by workers between the generation bump below and
         // their decrement of `remaining`; this function does not return (or unwind) before
         // `remaining` is 0, so the job outlives every use.
@@ -135,12 +165,24 @@ fn worker(s: &Shared, index: usize) {
                 s.panicked.store(true, Ordering::Release);
             }
         }
+        let tail = if index == 1 { s.tail.lock().unwrap_or_else(|e| e.into_inner()).take() } else { None };
+        if tail.is_some() {
+            // Set before the job counts as done, so the next job sees it and waits.
+            s.tail_running.store(true, Ordering::Release);
+        }
         s.remaining.fetch_sub(1, Ordering::AcqRel);
+        if let Some(tail) = tail {
+            // A panicking tail only loses its read-ahead.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tail(&s.abort)));
+            drop(tail);
+            s.tail_running.store(false, Ordering::Release);
+        }
     }
 }
 
 impl Drop for SpinTeam {
     fn drop(&mut self) {
+        self.shared.abort.store(true, Ordering::Release);
         self.shared.stop.store(true, Ordering::Release);
         {
             let _guard = self.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
@@ -170,6 +212,36 @@ mod tests {
             }
         }
         assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 200));
+    }
+
+    /// A tail runs after the job on worker 1 while the caller goes on, and the next job stops
+    /// it before starting.
+    #[test]
+    fn a_tail_runs_on_while_the_caller_goes_on_and_the_next_job_stops_it() {
+        let team = SpinTeam::new(2);
+        let started = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (started.clone(), stopped.clone());
+        let tail: Tail = Arc::new(move |abort: &AtomicBool| {
+            st.store(true, Ordering::Release);
+            while !abort.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            sp.store(true, Ordering::Release);
+        });
+        team.run_then(&|_| {}, Some(tail));
+        // The caller is back while the tail spins until stopped.
+        let t0 = Instant::now();
+        while !started.load(Ordering::Acquire) && t0.elapsed() < Duration::from_secs(5) {
+            std::hint::spin_loop();
+        }
+        assert!(started.load(Ordering::Acquire) && !stopped.load(Ordering::Acquire));
+        let n = AtomicUsize::new(0);
+        team.run(&|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(stopped.load(Ordering::Acquire));
+        assert_eq!(n.load(Ordering::Relaxed), 2);
     }
 
     #[test]

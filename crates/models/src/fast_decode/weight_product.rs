@@ -10,7 +10,8 @@
 //! Output rows are split over the rayon threads; several weights that read the same input (q, k,
 //! v; gate, up) share one parallel pass.
 use super::int8_blocks::{Int8Blocks, Int8Vectors};
-use super::spin_team::SpinTeam;
+use super::spin_team::{SpinTeam, Tail};
+use std::sync::atomic::{AtomicBool, Ordering};
 use crate::packed_matrix::{BlockFormat, PackedMatrix, BLOCK_LEN};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -345,10 +346,44 @@ pub(crate) mod avx2 {
 
 }
 
+/// Reads `weights` (the next step's) from memory while the caller does the serial work in
+/// between, stopping when `abort` turns true: whatever it read is in the caches when the next
+/// product starts, instead of coming from memory then.
+fn read_ahead(weights: &[DecodeWeight], abort: &AtomicBool) {
+    const LINE: usize = 64;
+    const CHECK_EVERY: usize = 4096;
+    let mut sum = 0u8;
+    for w in weights {
+        let regions: Vec<&[u8]> = match w {
+            DecodeWeight::Dense { values, .. } => vec![bytemuck_f32(values)],
+            DecodeWeight::Packed(p) => vec![p.bytes()],
+            DecodeWeight::Int8(b) => b.regions().to_vec(),
+        };
+        for region in regions {
+            for chunk in region.chunks(CHECK_EVERY) {
+                if abort.load(Ordering::Relaxed) {
+                    std::hint::black_box(sum);
+                    return;
+                }
+                for at in (0..chunk.len()).step_by(LINE) {
+                    sum = sum.wrapping_add(chunk[at]);
+                }
+            }
+        }
+    }
+    std::hint::black_box(sum);
+}
+
 /// `x: (n, d_in)` times each of `weights` (all `(d_out_i, d_in)`) → one `(n, d_out_i)` output
 /// each, in one parallel pass over all their rows: on `team` (each thread an equal share of the
 /// rows) or, without one, on rayon's pool.
 pub fn multiply(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&SpinTeam>) -> Vec<Vec<f32>> {
+    multiply_then_read_ahead(weights, x, n, team, &[])
+}
+
+/// As [`multiply`]; then, on a team of two or more, one thread reads `next` (the weights of
+/// the next product) ahead while the caller goes on (see [`read_ahead`]).
+pub fn multiply_then_read_ahead(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&SpinTeam>, next: &[&DecodeWeight]) -> Vec<Vec<f32>> {
     let int8 = weights.iter().any(|w| matches!(w, DecodeWeight::Int8(_)));
     let xq = int8.then(|| Int8Vectors::new(x, x.len() / n.max(1)));
     let total: usize = weights.iter().map(|w| w.dims().0).sum();
@@ -373,10 +408,14 @@ pub fn multiply(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&Sp
     };
     match team {
         Some(team) if team.threads() > 1 => {
-            // A few chunks per thread, claimed in turn: a thread slowed by another process on
-            // its core takes fewer.
-            let chunks = (team.threads() * 4).min(total.div_ceil(16)).max(1);
-            let bounds: Vec<usize> = (0..=chunks).map(|i| total * i / chunks).collect();
+            // Chunks claimed in turn, each a share of the rows still left (at least 16): a
+            // thread slowed by another process on its core takes fewer, and the last chunks are
+            // small, so the threads finish close together.
+            let mut bounds = vec![0];
+            while let Some(&at) = bounds.last().filter(|&&at| at < total) {
+                bounds.push(at + ((total - at) / (2 * team.threads())).max(16).min(total - at));
+            }
+            let chunks = bounds.len() - 1;
             let mut parts = Vec::with_capacity(chunks);
             let mut rest: &mut [f32] = &mut transposed;
             for i in 0..chunks {
@@ -384,15 +423,22 @@ pub fn multiply(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&Sp
                 parts.push(std::sync::Mutex::new(head));
                 rest = tail;
             }
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            team.run(&|_| loop {
-                let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if c >= chunks {
-                    break;
-                }
-                let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
-                fill(bounds[c], &mut part);
+            let claimed = std::sync::atomic::AtomicUsize::new(0);
+            let tail: Option<Tail> = (!next.is_empty()).then(|| {
+                let owned: Vec<DecodeWeight> = next.iter().map(|w| (*w).clone()).collect();
+                Arc::new(move |abort: &AtomicBool| read_ahead(&owned, abort)) as Tail
             });
+            team.run_then(
+                &|_| loop {
+                    let c = claimed.fetch_add(1, Ordering::Relaxed);
+                    if c >= chunks {
+                        break;
+                    }
+                    let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
+                    fill(bounds[c], &mut part);
+                },
+                tail,
+            );
         }
         _ => {
             // Rows per task: a few tasks per thread to balance, at least 16 rows a task.
