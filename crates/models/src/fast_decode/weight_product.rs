@@ -454,10 +454,16 @@ pub fn multiply_then_read_ahead(weights: &[&DecodeWeight], x: &[f32], n: usize, 
             if n == 1 {
                 return transposed[s..s + rows].to_vec();
             }
+            // Back to `(n, rows)`, 64 rows at a time: the block read stays in the L1 cache and
+            // each vector's 64 values are written in one run.
             let mut y = vec![0f32; n * rows];
-            for r in 0..rows {
-                for j in 0..n {
-                    y[j * rows + r] = transposed[(s + r) * n + j];
+            let block = &transposed[s * n..(s + rows) * n];
+            for r0 in (0..rows).step_by(64) {
+                let r1 = (r0 + 64).min(rows);
+                for (j, yj) in y.chunks_exact_mut(rows).enumerate() {
+                    for (r, v) in yj[r0..r1].iter_mut().enumerate() {
+                        *v = block[(r0 + r) * n + j];
+                    }
                 }
             }
             y
