@@ -43,20 +43,20 @@ struct Projection {
 /// `b_t = Bᵀ: (r, d_out)`, so `y += Σ_k (s·A x)_k · b_t[k]` runs along contiguous rows.
 struct Branch {
     r: usize,
-    a: Vec<f32>,
-    b_t: Vec<f32>,
+    a: Arc<Vec<f32>>,
+    b_t: Arc<Vec<f32>>,
 }
 
 impl Branch {
     fn new(l: &LoraBranch, d_out: usize) -> Self {
-        let b_t = (0..l.r).flat_map(|k| (0..d_out).map(move |o| l.b[o * l.r + k])).collect();
-        Self { r: l.r, a: l.a.iter().map(|v| v * l.scale).collect(), b_t }
+        let b_t = Arc::new((0..l.r).flat_map(|k| (0..d_out).map(move |o| l.b[o * l.r + k])).collect());
+        Self { r: l.r, a: Arc::new(l.a.iter().map(|v| v * l.scale).collect()), b_t }
     }
 }
 
 impl Projection {
     /// Bias and LoRA branch added to `y: (n, d_out)`, the base product of `x: (n, d_in)`.
-    fn finish(&self, x: &[f32], n: usize, y: &mut [f32]) {
+    fn finish(&self, x: &[f32], y: &mut [f32]) {
         let (d_out, d_in) = self.weight.dims();
         if let Some(bias) = &self.bias {
             for row in y.chunks_exact_mut(d_out) {
@@ -64,27 +64,47 @@ impl Projection {
             }
         }
         if let Some(l) = &self.lora {
-            for j in 0..n {
-                let xj = &x[j * d_in..(j + 1) * d_in];
-                let yj = &mut y[j * d_out..(j + 1) * d_out];
-                for k in 0..l.r {
-                    let ax = dot(&l.a[k * d_in..(k + 1) * d_in], xj);
-                    for (yo, &b) in yj.iter_mut().zip(&l.b_t[k * d_out..(k + 1) * d_out]) {
-                        *yo += ax * b;
-                    }
+            add_lora(&l.a, &l.b_t, l.r, x, d_in, y, d_out);
+        }
+    }
+}
+
+crate::ops::cpu_util::simd_versions! {
+    /// `y: (n, d_out) += (x A_sᵀ) B` for `x: (n, d_in)`, `a: (r, d_in)` (scaled), `b_t: (r, d_out)`.
+    pub fn add_lora(a: &[f32], b_t: &[f32], r: usize, x: &[f32], d_in: usize, y: &mut [f32], d_out: usize) -> () {
+        for (xj, yj) in x.chunks_exact(d_in).zip(y.chunks_exact_mut(d_out)) {
+            for k in 0..r {
+                let ax = dot(&a[k * d_in..(k + 1) * d_in], xj);
+                for (yo, &b) in yj.iter_mut().zip(&b_t[k * d_out..(k + 1) * d_out]) {
+                    *yo += ax * b;
                 }
             }
         }
     }
 }
 
+/// What the projections `ps` read from memory, their LoRA branches first (each is read right
+/// after the product, on the caller's thread), then their weights.
+fn memory_of(ps: &[&Projection]) -> Vec<DecodeWeight> {
+    let mut m = Vec::with_capacity(3 * ps.len());
+    for p in ps {
+        if let Some(l) = &p.lora {
+            let (d_out, d_in) = p.weight.dims();
+            m.push(DecodeWeight::Dense { rows: l.r, cols: d_in, values: l.a.clone() });
+            m.push(DecodeWeight::Dense { rows: l.r, cols: d_out, values: l.b_t.clone() });
+        }
+    }
+    m.extend(ps.iter().map(|p| p.weight.clone()));
+    m
+}
+
 /// Products of several projections that read the same input, in one parallel pass; then the
 /// weights of `next` (the next pass's) are read ahead while the caller goes on.
-fn project(ps: &[&Projection], x: &[f32], n: usize, team: &SpinTeam, next: &[&DecodeWeight]) -> Vec<Vec<f32>> {
+fn project(ps: &[&Projection], x: &[f32], n: usize, team: &SpinTeam, next: Vec<DecodeWeight>) -> Vec<Vec<f32>> {
     let weights: Vec<&DecodeWeight> = ps.iter().map(|p| &p.weight).collect();
     let mut ys = multiply_then_read_ahead(&weights, x, n, Some(team), next);
     for (p, y) in ps.iter().zip(ys.iter_mut()) {
-        p.finish(x, n, y);
+        p.finish(x, y);
     }
     ys
 }
@@ -321,7 +341,7 @@ impl LlamaDecoder {
         let visible: Vec<Vec<usize>> = (0..n).map(|j| (0..=offset + j % t).filter(|&p| keep[j / t][p] != 0).collect()).collect();
         for (li, layer) in self.layers.iter().enumerate() {
             let x = self.rms_norm(&h, &layer.input_layernorm);
-            let mut qkv = project(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], &x, n, &self.team, &[&layer.o_proj.weight]).into_iter();
+            let mut qkv = project(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], &x, n, &self.team, memory_of(&[&layer.o_proj])).into_iter();
             let (mut q, mut k, v) = (qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default());
             self.rotate(&mut q, heads, |j| offset + j % t);
             self.rotate(&mut k, kvh, |j| offset + j % t);
@@ -366,18 +386,18 @@ impl LlamaDecoder {
                     }
                 });
             }
-            let o = project(&[&layer.o_proj], &ctx, n, &self.team, &[&layer.gate_proj.weight, &layer.up_proj.weight]).pop().unwrap_or_default();
+            let o = project(&[&layer.o_proj], &ctx, n, &self.team, memory_of(&[&layer.gate_proj, &layer.up_proj])).pop().unwrap_or_default();
             h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let x = self.rms_norm(&h, &layer.post_attention_layernorm);
-            let mut gu = project(&[&layer.gate_proj, &layer.up_proj], &x, n, &self.team, &[&layer.down_proj.weight]).into_iter();
+            let mut gu = project(&[&layer.gate_proj, &layer.up_proj], &x, n, &self.team, memory_of(&[&layer.down_proj])).into_iter();
             let (gate, up) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default());
             let mut act = vec![0f32; gate.len()];
             super::elementwise::swiglu_into(&gate, &up, &mut act);
-            let next: Vec<&DecodeWeight> = match self.layers.get(li + 1) {
-                Some(l) => vec![&l.q_proj.weight, &l.k_proj.weight, &l.v_proj.weight],
-                None => vec![&self.lm_head],
+            let next = match self.layers.get(li + 1) {
+                Some(l) => memory_of(&[&l.q_proj, &l.k_proj, &l.v_proj]),
+                None => vec![self.lm_head.clone()],
             };
-            let m = project(&[&layer.down_proj], &act, n, &self.team, &next).pop().unwrap_or_default();
+            let m = project(&[&layer.down_proj], &act, n, &self.team, next).pop().unwrap_or_default();
             h.iter_mut().zip(&m).for_each(|(a, b)| *a += b);
         }
         cache.len = total;
@@ -387,8 +407,8 @@ impl LlamaDecoder {
         }
         let last = self.rms_norm(&last, &self.norm);
         // The next step starts with the first layer's q, k, v.
-        let next: Vec<&DecodeWeight> = self.layers.first().map(|l| vec![&l.q_proj.weight, &l.k_proj.weight, &l.v_proj.weight]).unwrap_or_default();
-        Ok(multiply_then_read_ahead(&[&self.lm_head], &last, b, Some(&self.team), &next).pop().unwrap_or_default())
+        let next = self.layers.first().map(|l| memory_of(&[&l.q_proj, &l.k_proj, &l.v_proj])).unwrap_or_default();
+        Ok(multiply_then_read_ahead(&[&self.lm_head], &last, b, Some(&self.team), next).pop().unwrap_or_default())
     }
 }
 

@@ -378,12 +378,12 @@ fn read_ahead(weights: &[DecodeWeight], abort: &AtomicBool) {
 /// each, in one parallel pass over all their rows: on `team` (each thread an equal share of the
 /// rows) or, without one, on rayon's pool.
 pub fn multiply(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&SpinTeam>) -> Vec<Vec<f32>> {
-    multiply_then_read_ahead(weights, x, n, team, &[])
+    multiply_then_read_ahead(weights, x, n, team, Vec::new())
 }
 
 /// As [`multiply`]; then, on a team of two or more, one thread reads `next` (the weights of
 /// the next product) ahead while the caller goes on (see [`read_ahead`]).
-pub fn multiply_then_read_ahead(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&SpinTeam>, next: &[&DecodeWeight]) -> Vec<Vec<f32>> {
+pub fn multiply_then_read_ahead(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&SpinTeam>, next: Vec<DecodeWeight>) -> Vec<Vec<f32>> {
     let int8 = weights.iter().any(|w| matches!(w, DecodeWeight::Int8(_)));
     let xq = int8.then(|| Int8Vectors::new(x, x.len() / n.max(1)));
     let total: usize = weights.iter().map(|w| w.dims().0).sum();
@@ -424,10 +424,7 @@ pub fn multiply_then_read_ahead(weights: &[&DecodeWeight], x: &[f32], n: usize, 
                 rest = tail;
             }
             let claimed = std::sync::atomic::AtomicUsize::new(0);
-            let tail: Option<Tail> = (!next.is_empty()).then(|| {
-                let owned: Vec<DecodeWeight> = next.iter().map(|w| (*w).clone()).collect();
-                Arc::new(move |abort: &AtomicBool| read_ahead(&owned, abort)) as Tail
-            });
+            let tail: Option<Tail> = (!next.is_empty()).then(|| Arc::new(move |abort: &AtomicBool| read_ahead(&next, abort)) as Tail);
             team.run_then(
                 &|_| loop {
                     let c = claimed.fetch_add(1, Ordering::Relaxed);
