@@ -2,6 +2,9 @@
 //! decoding (about 120 weight products a token, 20–300 µs each): waking a sleeping thread pool
 //! costs tens of microseconds a step, a spinning thread starts in well under one. A thread that
 //! has had no work for a millisecond sleeps until the next job, so an idle team costs nothing.
+//! A job may carry a tail ([`Tail`]) that one worker runs after its share while the caller goes
+//! on with serial work (the decoder reads the next product's weights ahead with it); the next
+//! job stops the tail before it starts.
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;

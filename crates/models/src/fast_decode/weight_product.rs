@@ -7,13 +7,14 @@
 //! with f32 activations (no activation quantization: the result is the f32 product with the
 //! dequantized weight, up to the order of the sums). Decoding one token reads every weight of the
 //! model once, so memory traffic bounds it: a 4-bit weight is an eighth of the bytes of f32.
-//! Output rows are split over the rayon threads; several weights that read the same input (q, k,
-//! v; gate, up) share one parallel pass.
+//! Output rows are split over the decoder's thread team (or rayon's threads) in chunks claimed in
+//! turn; several weights that read the same input (q, k, v; gate, up) share one parallel pass,
+//! after which one thread may read the next pass's weights ahead ([`multiply_then_read_ahead`]).
 use super::int8_blocks::{Int8Blocks, Int8Vectors};
 use super::spin_team::{SpinTeam, Tail};
-use std::sync::atomic::{AtomicBool, Ordering};
 use crate::packed_matrix::{BlockFormat, PackedMatrix, BLOCK_LEN};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A frozen weight as the decoder reads it: `(d_out, d_in)`.
@@ -382,7 +383,8 @@ pub fn multiply(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&Sp
 }
 
 /// As [`multiply`]; then, on a team of two or more, one thread reads `next` (the weights of
-/// the next product) ahead while the caller goes on (see [`read_ahead`]).
+/// the next product) ahead while the caller goes on: it touches each 64-byte line, so what it read
+/// is in the caches when the next product starts, and stops when the next job begins.
 pub fn multiply_then_read_ahead(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&SpinTeam>, next: Vec<DecodeWeight>) -> Vec<Vec<f32>> {
     let int8 = weights.iter().any(|w| matches!(w, DecodeWeight::Int8(_)));
     let xq = int8.then(|| Int8Vectors::new(x, x.len() / n.max(1)));
