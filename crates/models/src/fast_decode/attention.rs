@@ -108,7 +108,7 @@ mod tests {
     use super::*;
 
     /// Against an f64 softmax for 4 heads over 2 kv heads, positions 0, 2, 3, 5, 6, 7 of 8
-    /// visible (a group of four and a remainder), head sizes 16 and 44 (8- and 1-wide tails).
+    /// visible (a group of four and a remainder), head sizes 16, 44 (8- and 1-wide tails) and 64.
     #[test]
     fn attention_matches_an_f64_softmax() {
         for hd in [16usize, 44, 64] {

@@ -61,11 +61,8 @@ impl Int8Blocks {
 
     /// The memory a product reads: values, scales, offsets.
     pub(crate) fn regions(&self) -> [&[u8]; 3] {
-        let bytes = |v: &[u16]| -> &[u8] {
-            // SAFETY: u16 has no padding and any byte pattern is a valid u8; the length is in bytes.
-            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
-        };
-        [&self.values, bytes(&self.scales), bytes(&self.offsets)]
+        use super::weight_product::as_bytes;
+        [&self.values, as_bytes(&self.scales), as_bytes(&self.offsets)]
     }
 
     /// `out[(r − rows.start) · stride + j] = Σ_c W[r, c] · x[j, c]` for `x.n ≤ 8` vectors.

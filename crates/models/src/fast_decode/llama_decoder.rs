@@ -358,7 +358,7 @@ impl LlamaDecoder {
             // one head a unit of work, on the team when there is enough of it.
             let mut ctx = vec![0f32; n * qd];
             let rows = &cache.rows;
-            let unit = |u: usize, out: &mut [f32], scores: &mut Vec<f32>| {
+            let unit = |scores: &mut Vec<f32>, u: usize, out: &mut [f32]| {
                 let (j, hh) = (u / heads, u % heads);
                 let row = &rows[j / t];
                 let q_h = &q[j * qd + hh * hd..j * qd + (hh + 1) * hd];
@@ -367,24 +367,11 @@ impl LlamaDecoder {
             };
             if n * heads * total * hd < 1 << 12 || self.team.threads() == 1 {
                 let mut scores = Vec::new();
-                ctx.chunks_mut(hd).enumerate().for_each(|(u, out)| unit(u, out, &mut scores));
+                ctx.chunks_mut(hd).enumerate().for_each(|(u, out)| unit(&mut scores, u, out));
             } else {
-                let units: Vec<std::sync::Mutex<&mut [f32]>> = ctx.chunks_mut(hd).map(std::sync::Mutex::new).collect();
-                let next = std::sync::atomic::AtomicUsize::new(0);
-                let step = (units.len() / (self.team.threads() * 8)).max(1);
-                self.team.run(&|_| {
-                    let mut scores = Vec::new();
-                    loop {
-                        let first = next.fetch_add(step, std::sync::atomic::Ordering::Relaxed);
-                        if first >= units.len() {
-                            break;
-                        }
-                        for u in first..(first + step).min(units.len()) {
-                            let mut out = units[u].lock().unwrap_or_else(|e| e.into_inner());
-                            unit(u, &mut out, &mut scores);
-                        }
-                    }
-                });
+                let mut units: Vec<&mut [f32]> = ctx.chunks_mut(hd).collect();
+                let per_claim = units.len() / (self.team.threads() * 8);
+                self.team.share_out(&mut units, per_claim, Vec::new, &|scores, u, out| unit(scores, u, out), None);
             }
             let o = project(&[&layer.o_proj], &ctx, n, &self.team, memory_of(&[&layer.gate_proj, &layer.up_proj])).pop().unwrap_or_default();
             h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);

@@ -89,6 +89,31 @@ impl SpinTeam {
         self.run_then(job, None)
     }
 
+    /// Runs `work(scratch, i, &mut parts[i])` once for every part on the team: the threads claim
+    /// `per_claim` parts at a time in turn (a thread slowed by another process on its core takes
+    /// fewer), each with its own `scratch()`; then `tail` as in [`Self::run_then`].
+    pub fn share_out<T: Send, S>(&self, parts: &mut [T], per_claim: usize, scratch: fn() -> S, work: &(dyn Fn(&mut S, usize, &mut T) + Sync), tail: Option<Tail>) {
+        let cells: Vec<Mutex<&mut T>> = parts.iter_mut().map(Mutex::new).collect();
+        let claimed = AtomicUsize::new(0);
+        let per_claim = per_claim.max(1);
+        self.run_then(
+            &|_| {
+                let mut s = scratch();
+                loop {
+                    let first = claimed.fetch_add(per_claim, Ordering::Relaxed);
+                    if first >= cells.len() {
+                        break;
+                    }
+                    for (i, cell) in cells.iter().enumerate().skip(first).take(per_claim) {
+                        let mut part = cell.lock().unwrap_or_else(|e| e.into_inner());
+                        work(&mut s, i, &mut part);
+                    }
+                }
+            },
+            tail,
+        );
+    }
+
     /// As [`Self::run`]; then worker 1, once its share is done, runs `tail` while this returns
     /// and the caller goes on; the next job stops the tail first (`tail` is dropped without
     /// running on a team of one).
@@ -245,6 +270,17 @@ mod tests {
         });
         assert!(stopped.load(Ordering::Acquire));
         assert_eq!(n.load(Ordering::Relaxed), 2);
+    }
+
+    /// Every part is worked on exactly once, with its own index, claimed singly or in runs.
+    #[test]
+    fn share_out_visits_every_part_once() {
+        let team = SpinTeam::new(3);
+        for per_claim in [1usize, 4, 100] {
+            let mut parts = vec![0usize; 37];
+            team.share_out(&mut parts, per_claim, || (), &|_, i, p| *p += i + 1, None);
+            assert_eq!(parts, (1..=37).collect::<Vec<_>>(), "per_claim {per_claim}");
+        }
     }
 
     #[test]

@@ -47,6 +47,15 @@ impl DecodeWeight {
         }
     }
 
+    /// The memory a product reads.
+    fn regions(&self) -> Vec<&[u8]> {
+        match self {
+            Self::Dense { values, .. } => vec![as_bytes(values)],
+            Self::Packed(p) => vec![p.bytes()],
+            Self::Int8(b) => b.regions().to_vec(),
+        }
+    }
+
     /// `out: (rows.len(), n)` ← rows `rows` of the weight times `x: (n, d_in)` (note the
     /// transposed output: each row of the weight fills one contiguous run of `n`); an
     /// [`Int8Blocks`] weight reads `xq`, the same vectors in 8 bits.
@@ -54,7 +63,7 @@ impl DecodeWeight {
         let (_, cols) = self.dims();
         debug_assert!(x.len() == n * cols && out.len() == rows.len() * n);
         let (kind, bytes, row_bytes): (Kind, &[u8], usize) = match (self, xq) {
-            (Self::Dense { values, cols, .. }, _) => (Kind::F32, bytemuck_f32(values), 4 * cols),
+            (Self::Dense { values, cols, .. }, _) => (Kind::F32, as_bytes(values), 4 * cols),
             (Self::Packed(p), _) => (Kind::of(p.format()), p.bytes(), p.row_bytes()),
             (Self::Int8(w), Some(xq)) => {
                 let mut j0 = 0;
@@ -77,9 +86,15 @@ impl DecodeWeight {
     }
 }
 
-/// The f32 values as their bytes (native endianness, which is what the kernels read back).
-fn bytemuck_f32(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and every byte pattern is a valid u8; the length is in bytes.
+/// Element types whose values may be viewed as plain bytes (no padding, every bit pattern valid).
+pub(crate) trait Plain: Copy {}
+impl Plain for f32 {}
+impl Plain for u16 {}
+
+/// The values as their bytes (native endianness, which is what the kernels read back).
+pub(crate) fn as_bytes<T: Plain>(v: &[T]) -> &[u8] {
+    // SAFETY: `Plain` types have no padding and every byte pattern is a valid u8; the length is
+    // in bytes.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
@@ -355,12 +370,7 @@ fn read_ahead(weights: &[DecodeWeight], abort: &AtomicBool) {
     const CHECK_EVERY: usize = 4096;
     let mut sum = 0u8;
     for w in weights {
-        let regions: Vec<&[u8]> = match w {
-            DecodeWeight::Dense { values, .. } => vec![bytemuck_f32(values)],
-            DecodeWeight::Packed(p) => vec![p.bytes()],
-            DecodeWeight::Int8(b) => b.regions().to_vec(),
-        };
-        for region in regions {
+        for region in w.regions() {
             for chunk in region.chunks(CHECK_EVERY) {
                 if abort.load(Ordering::Relaxed) {
                     std::hint::black_box(sum);
@@ -418,26 +428,15 @@ pub fn multiply_then_read_ahead(weights: &[&DecodeWeight], x: &[f32], n: usize, 
                 bounds.push(at + ((total - at) / (2 * team.threads())).max(16).min(total - at));
             }
             let chunks = bounds.len() - 1;
-            let mut parts = Vec::with_capacity(chunks);
+            let mut parts: Vec<&mut [f32]> = Vec::with_capacity(chunks);
             let mut rest: &mut [f32] = &mut transposed;
             for i in 0..chunks {
                 let (head, tail) = rest.split_at_mut((bounds[i + 1] - bounds[i]) * n);
-                parts.push(std::sync::Mutex::new(head));
+                parts.push(head);
                 rest = tail;
             }
-            let claimed = std::sync::atomic::AtomicUsize::new(0);
             let tail: Option<Tail> = (!next.is_empty()).then(|| Arc::new(move |abort: &AtomicBool| read_ahead(&next, abort)) as Tail);
-            team.run_then(
-                &|_| loop {
-                    let c = claimed.fetch_add(1, Ordering::Relaxed);
-                    if c >= chunks {
-                        break;
-                    }
-                    let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
-                    fill(bounds[c], &mut part);
-                },
-                tail,
-            );
+            team.share_out(&mut parts, 1, || (), &|_, c, part| fill(bounds[c], part), tail);
         }
         _ => {
             // Rows per task: a few tasks per thread to balance, at least 16 rows a task.
