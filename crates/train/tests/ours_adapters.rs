@@ -49,7 +49,10 @@ fn check(fixture: &str, adapter_dir: &str, targets: TargetSpec, expect_modules: 
     assert_eq!(loaded.adapters.modules.len(), expect_modules, "{adapter_dir}");
     let recorded = read_golden(&dir.join("logits.safetensors"));
     let d = max_abs_diff(&logits(&m, &loaded.adapters, &g), &recorded["logits"]);
-    assert!(d < 1e-5, "{fixture}/{adapter_dir}: {d}");
+    // The recorded logits come from one CPU's gemm kernels (AVX2 or AVX-512, with their own
+    // summation orders); another CPU lands within ~1e-5 of them (logits up to ~4.4 here).
+    // scripts/check_ours_gpt2_t5.py holds PyTorch + PEFT to 1e-4 of the same file.
+    assert!(d < 5e-5, "{fixture}/{adapter_dir}: {d}");
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(cfg["task_type"], m.config.peft_task_type());
     assert_eq!(cfg["fan_in_fan_out"], matches!(m.config, ModelConfig::Gpt2(_)));
