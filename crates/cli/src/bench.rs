@@ -1,5 +1,5 @@
 //! `lowrank bench train`: median LoRA training-step time on synthetic tokens, as one JSON line.
-use crate::common::{compute_dtype, device, peak_rss_mib};
+use crate::common::{device, peak_rss_mib, training_dtype};
 use anyhow::{Context, Result};
 use lowrank_models::{load_model_with, AnyModel, CausalLm};
 use lowrank_peft::{LoraAdapters, LoraConfig, LoraSite, TargetSpec};
@@ -133,7 +133,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     };
     anyhow::ensure!(a.steps >= 1, "--steps must be at least 1");
     let dev = device();
-    let loaded = load_model_with(&a.model, &dev, compute_dtype(&a.dtype)?, !a.dequantize).with_context(|| format!("loading model {}", a.model.display()))?;
+    let loaded = load_model_with(&a.model, &dev, training_dtype(&a.dtype)?, !a.dequantize).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
     let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;
     let mut model = AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?;
@@ -174,7 +174,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let line = serde_json::json!({
         "bench": "train",
         "model": a.model.display().to_string(), "device": device_name(&dev),
-        "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets, "dtype": a.dtype, "activation_checkpointing": a.checkpoint,
+        "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets, "dtype": a.dtype, "bf16_products": lowrank_models::ops::bf16_gemm::bf16_products(), "activation_checkpointing": a.checkpoint,
         "threads": candle_core::utils::get_num_threads(),
         "steps": a.steps,
         "tokens_per_s": (a.batch * a.seq) as f64 / median,

@@ -25,12 +25,30 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
     })
 }
 
-/// The dtype models compute in, from a `dtype` setting. candle's CPU matmul (gemm 0.19) has no
-/// bf16 kernel, so bf16 falls back to f32 on the CPU, with a warning, instead of failing mid-run.
+/// The dtype models compute in for inference, from a `dtype` setting. candle's CPU matmul
+/// (gemm 0.19) has no bf16 kernel and the CPU decoder computes in f32 (or 8 bits), so bf16 falls
+/// back to f32 on the CPU, with a warning, instead of failing mid-run.
 pub fn compute_dtype(s: &str) -> Result<DType> {
     let d = parse_dtype(s)?;
     if d == DType::BF16 && device().is_cpu() {
-        eprintln!("lowrank: warning: bf16 has no matmul kernel on the CPU in this build; computing in f32 (adapters and optimizer state are f32 either way)");
+        eprintln!("lowrank: warning: bf16 inference has no CPU kernel; computing in f32");
+        return Ok(DType::F32);
+    }
+    Ok(d)
+}
+
+/// The dtype a training run's model is loaded in, from a `dtype` setting. bf16 on the CPU keeps
+/// the model in f32 and switches this thread's products with the frozen weights to bf16
+/// (AVX512-BF16, [`lowrank_models::ops::bf16_gemm`]): the autocast split, with activations,
+/// adapters and optimizer state in f32. A CPU without AVX512-BF16 computes in f32, with a warning.
+pub fn training_dtype(s: &str) -> Result<DType> {
+    let d = parse_dtype(s)?;
+    if d == DType::BF16 && device().is_cpu() {
+        if lowrank_models::ops::bf16_gemm::set_bf16_products(true) {
+            eprintln!("lowrank: bf16 on the CPU: products with the frozen weights in bf16 (AVX512-BF16); activations, adapters and optimizer state in f32");
+        } else {
+            eprintln!("lowrank: warning: bf16 on the CPU needs AVX512-BF16, which this CPU lacks; computing in f32 (adapters and optimizer state are f32 either way)");
+        }
         return Ok(DType::F32);
     }
     Ok(d)

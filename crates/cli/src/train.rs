@@ -1,5 +1,5 @@
 //! `lowrank train`: a LoRA fine-tune described by a run file.
-use crate::common::{compute_dtype, device, trainable_line};
+use crate::common::{device, trainable_line, training_dtype};
 use crate::progress::Bar;
 use anyhow::{Context, Result};
 use lowrank_models::{load_config, load_model_with, AnyModel, TextTokenizer};
@@ -113,7 +113,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .or_else(|| cfg.output.as_deref().map(expand_path))
         .unwrap_or_else(default_run_dir);
     let dev = device();
-    let dtype = compute_dtype(&cfg.model.dtype)?;
+    let dtype = training_dtype(&cfg.model.dtype)?;
     let model_path = expand_path(&cfg.model.path);
     if cfg.train.threads > 0 && std::env::var("RAYON_NUM_THREADS").is_err() {
         std::env::set_var("RAYON_NUM_THREADS", cfg.train.threads.to_string());

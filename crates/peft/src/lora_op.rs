@@ -5,6 +5,7 @@
 //! delta is kept for the backward. Backward (`g: (n, d_out)`, `u = s·(g·B): (n, r)`):
 //! `dx = g·W + (u·A)⊙m`, `dA = uᵀ·(x⊙m)`, `dB = s·gᵀ·((x⊙m)·Aᵀ)`.
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use lowrank_models::ops::bf16_gemm::frozen_product_into;
 use lowrank_models::FrozenWeight;
 use std::sync::Arc;
 
@@ -62,7 +63,8 @@ impl CustomOp3 for FusedLora {
         }
         let n = x.len() / d_in;
         let mut y = vec![0f32; n * d_out];
-        self.weight.with_f32("fused-lora", |w| gemm_into(&mut y, x, w, (n, d_out, d_in), (d_in as isize, 1), false, 1.0))?;
+        // The frozen base product (in bf16 when this thread has switched bf16 products on).
+        self.weight.with_f32("fused-lora", |w| frozen_product_into(&mut y, x, w, (n, d_out, d_in), (d_in as isize, 1), false, 1.0))?;
         // xa = (x ⊙ m) · Aᵀ : (n, r)
         let mut xa = vec![0f32; n * r];
         match &self.mask {

@@ -119,6 +119,52 @@ fn lora_gradients_and_three_adamw_steps_match_pytorch() {
     println!("parameters after 3 AdamW steps: max |diff| = {worst:e}");
 }
 
+/// With the frozen products in bf16 (AVX512-BF16, as `dtype = "bf16"` trains on such a CPU), the
+/// loss and every LoRA gradient stay within bf16 rounding of PyTorch's f32 values, and differ from
+/// our own f32 ones (the bf16 path did run). Skipped on a CPU without AVX512-BF16.
+#[test]
+fn bf16_products_keep_loss_and_lora_gradients_near_pytorch_f32() {
+    use lowrank_models::ops::bf16_gemm::set_bf16_products;
+    let g = golden();
+    let dev = Device::Cpu;
+    let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
+    let loaded = load_adapter(&fixtures().join("peft-adapter"), &m.config.linear_modules(), &dev).unwrap();
+    let adapters = loaded.adapters;
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
+    let mask = &g["attention_mask"];
+    let labels = rows_i64(&g["labels"]);
+    let vars: Vec<(String, candle_core::Var)> =
+        adapters.named_vars().into_iter().map(|(n, v)| (format!("base_model.model.{n}"), v)).collect();
+    let loss_and_grads = || {
+        let (sum, n) = model.loss_sum(&g["input_ids"], Some(mask), &labels, 0.0, true).unwrap();
+        let loss = (sum / n as f64).unwrap();
+        let grads = collect_grads(&vars, &loss.backward().unwrap());
+        (loss.to_scalar::<f32>().unwrap(), grads)
+    };
+    let (f32_loss, f32_grads) = loss_and_grads();
+    if !set_bf16_products(true) {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    let (loss, grads) = loss_and_grads();
+    set_bf16_products(false);
+    let want = g["step_losses"].to_vec1::<f32>().unwrap()[0];
+    println!("loss: bf16 products {loss}, f32 {f32_loss}, torch f32 {want}");
+    assert!((loss - want).abs() <= 1e-2 * want.abs(), "bf16 loss {loss} vs torch {want}");
+    assert!(loss != f32_loss, "the bf16 products did not change the loss: did they run?");
+    let mut worst = 0f32;
+    for (((name, _), grad), f32_grad) in vars.iter().zip(&grads).zip(&f32_grads) {
+        let want = &g[&format!("grad.{name}")];
+        let got = grad.as_ref().unwrap_or_else(|| panic!("no gradient for {name}"));
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let d = max_abs_diff(got, want);
+        worst = worst.max(d / scale.max(1e-6));
+        assert!(d <= 5e-2 * scale.max(1e-3), "bf16 gradient of {name} differs from torch's f32 by {d} (scale {scale})");
+        assert!(max_abs_diff(got, f32_grad.as_ref().unwrap()) > 0.0, "{name}: bf16 and f32 gradients are identical");
+    }
+    println!("LoRA gradients with bf16 products: worst relative diff {worst:e}");
+}
+
 /// Our adapter, as committed in tests/fixtures/tiny-llama/ours-adapter with the logits we compute
 /// with it. `python3 scripts/make_fixtures.py --check-ours tests/fixtures/tiny-llama/ours-adapter`
 /// shows that Python PEFT loads it and reproduces those logits. `LOWRANK_WRITE_FIXTURES=1`

@@ -3,7 +3,9 @@
 //! candle's matmul backward always computes the gradient of both operands; for a frozen base
 //! weight that is wasted work (about a third of a LoRA step). This op keeps `W` inside the op, so
 //! autograd never sees it as an operand. The weight may be kept packed (block-quantized); it is
-//! then expanded to f32 for each product.
+//! then expanded to f32 for each product. f32 products go through [`frozen_product`], which computes
+//! them in bf16 when the thread has switched that on (see [`super::bf16_gemm`]).
+use super::bf16_gemm::frozen_product;
 use crate::frozen_weight::FrozenWeight;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
@@ -87,7 +89,7 @@ fn dense_gemm(storage: &CpuStorage, x: std::ops::Range<usize>, weight: &Tensor, 
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: weight must be contiguous".into()))?;
     Ok(match (storage, &*w_storage) {
-        (CpuStorage::F32(xs), Storage::Cpu(CpuStorage::F32(w))) => CpuStorage::F32(gemm_xw(&xs[x], &w[ws..we], mnk, strides)),
+        (CpuStorage::F32(xs), Storage::Cpu(CpuStorage::F32(w))) => CpuStorage::F32(frozen_product(&xs[x], &w[ws..we], mnk, strides)),
         (CpuStorage::BF16(xs), Storage::Cpu(CpuStorage::BF16(w))) => CpuStorage::BF16(gemm_xw(&xs[x], &w[ws..we], mnk, strides)),
         (CpuStorage::F16(xs), Storage::Cpu(CpuStorage::F16(w))) => CpuStorage::F16(gemm_xw(&xs[x], &w[ws..we], mnk, strides)),
         (CpuStorage::F64(xs), Storage::Cpu(CpuStorage::F64(w))) => CpuStorage::F64(gemm_xw(&xs[x], &w[ws..we], mnk, strides)),
@@ -133,7 +135,7 @@ impl CustomOp1 for FrozenMatmul {
         let x_range = start..end;
         let out = match &self.weight {
             FrozenWeight::Packed(_) => match storage {
-                CpuStorage::F32(x) => CpuStorage::F32(self.weight.with_f32("frozen-matmul", |w| gemm_xw(&x[x_range], w, (m, n, k), strides))?),
+                CpuStorage::F32(x) => CpuStorage::F32(self.weight.with_f32("frozen-matmul", |w| frozen_product(&x[x_range], w, (m, n, k), strides))?),
                 _ => return Err(candle_core::Error::Msg(format!("frozen-matmul: a packed weight needs f32 input, got {:?}", storage.dtype()))),
             },
             FrozenWeight::Dense(weight) => dense_gemm(storage, x_range, weight, (m, n, k), strides)?,

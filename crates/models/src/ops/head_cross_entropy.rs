@@ -12,7 +12,8 @@
 //! CPU and f32 only; [`head_cross_entropy_sum`] takes the composition elsewhere.
 use super::cpu_util::{f32_slice, fused_ok, msg, with_f32};
 use super::cross_entropy::{cross_entropy_sum, row_losses, rows_to_gradient};
-use super::frozen_linear::{frozen_matmul, gemm_xw};
+use super::bf16_gemm::frozen_product;
+use super::frozen_linear::frozen_matmul;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
@@ -43,7 +44,7 @@ struct HeadCrossEntropyGrad {
 /// `z = hidden · headᵀ`: `(n, d) -> (n, vocab)`.
 fn logits(hidden: &[f32], head: &Tensor, n: usize, d: usize) -> candle_core::Result<Vec<f32>> {
     let vocab = head.dim(0)?;
-    with_f32(head, "head-cross-entropy", |w| Ok(gemm_xw(hidden, w, (n, vocab, d), (d as isize, 1))))
+    with_f32(head, "head-cross-entropy", |w| Ok(frozen_product(hidden, w, (n, vocab, d), (d as isize, 1))))
 }
 
 /// `(n, d)` of a hidden-state argument, checked against the head and the targets.
@@ -108,7 +109,7 @@ impl CustomOp1 for HeadCrossEntropyGrad {
         };
         rows_to_gradient(&mut dz, vocab, &self.targets, &lse, self.label_smoothing, self.scale)?;
         // d hidden = dz · head: (n, vocab) · (vocab, d), the head read row-major.
-        let dh = with_f32(&self.head, "head-cross-entropy-grad", |w| Ok(gemm_xw(&dz, w, (n, d, vocab), (1, d as isize))))?;
+        let dh = with_f32(&self.head, "head-cross-entropy-grad", |w| Ok(frozen_product(&dz, w, (n, d, vocab), (1, d as isize))))?;
         Ok((CpuStorage::F32(dh), layout.shape().clone()))
     }
 }

@@ -2,6 +2,7 @@
 //! the gradient path (candle's fused softmax/rms_norm/rope have no backward). Each fused op is
 //! tested against its composition (values and gradients) in tests/ops_gradients.rs.
 pub mod attention_core;
+pub mod bf16_gemm;
 pub(crate) mod cpu_util;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]

@@ -3,7 +3,8 @@
 //! a frozen down projection in one op ([`swiglu_down`]).
 use super::cpu_util::{cuda_ok, f32_slice, fused_ok};
 use super::fast_exp;
-use super::frozen_linear::{frozen_weight_matmul, gemm_xw};
+use super::bf16_gemm::frozen_product;
+use super::frozen_linear::frozen_weight_matmul;
 use crate::frozen_weight::FrozenWeight;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -117,7 +118,7 @@ impl CustomOp2 for SwiGluDown {
         s.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
             .for_each(|(o, (ar, br))| fast_exp::swiglu_into(ar, br, o));
-        let y = self.weight.with_f32("swiglu-down", |w| gemm_xw(&s, w, (rows, d, f), (f as isize, 1)))?;
+        let y = self.weight.with_f32("swiglu-down", |w| frozen_product(&s, w, (rows, d, f), (f as isize, 1)))?;
         let mut dims = l1.dims().to_vec();
         let last = dims.len() - 1;
         dims[last] = d;
@@ -141,7 +142,7 @@ impl CustomOp3 for SwiGluDownGrad {
             return Err(super::cpu_util::msg(format!("swiglu-down-grad: gradient of {} values for ({rows}, {d})", g.len())));
         }
         // ds = g · down: (rows, d) · (d, f), the weight read row-major.
-        let ds = self.weight.with_f32("swiglu-down-grad", |w| gemm_xw(g, w, (rows, f, d), (1, f as isize)))?;
+        let ds = self.weight.with_f32("swiglu-down-grad", |w| frozen_product(g, w, (rows, f, d), (1, f as isize)))?;
         Ok(both_gradients(a, b, &ds, l1))
     }
 }
