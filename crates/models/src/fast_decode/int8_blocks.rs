@@ -1,6 +1,7 @@
 //! Block-quantized weights laid out for products with 8-bit activations, as llama.cpp computes
 //! them: per block of 32, `Σ w·x ≈ d_w · d_x · Σ q_w · q_x` (+ `m · Σx` for Q4_1, `−8·d_w · Σx`
-//! for Q4_0) with the integer sums done 32 bytes at a time (AVX2 `maddubs`).
+//! for Q4_0) with the integer sums done 32 bytes at a time (AVX2 `maddubs`), or for several
+//! vectors (a prompt) 64 bytes at a time where the CPU has AVX-512 VNNI (`vpdpbusd`).
 //!
 //! The GGUF blocks (scales interleaved with the values) are split at load into the values of
 //! every block, then the f16 scales (and Q4_1 offsets) of each row padded to groups of 8, so one
@@ -74,9 +75,14 @@ impl Int8Blocks {
         assert!(rows.is_empty() || (rows.len() - 1) * stride + n <= out.len(), "output too short");
         #[cfg(target_arch = "x86_64")]
         {
+            if n >= 2 && avx512::available() {
+                // SAFETY: AVX-512 F/BW/VNNI, AVX2, FMA and F16C are present; every index the
+                // kernel forms stays within the buffers whose lengths are asserted above.
+                unsafe { avx512::rows_times(self, rows, x, out, stride) };
+                return;
+            }
             if super::weight_product::avx2_available() {
-                // SAFETY: AVX2, FMA and F16C are present; every index the kernel forms stays
-                // within the buffers whose lengths are asserted above.
+                // SAFETY: AVX2, FMA and F16C are present; as above.
                 unsafe { avx2::rows_times(self, rows, x, out, stride) };
                 return;
             }
@@ -187,6 +193,16 @@ pub(crate) struct Int8Slice<'a> {
     sum: &'a [f32],
 }
 
+impl<'a> Int8Slice<'a> {
+    /// Vectors `j0 .. j0 + n` of these.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn vectors(&self, j0: usize, n: usize) -> Int8Slice<'a> {
+        let cols = self.q.len() / self.n.max(1);
+        let pb = self.scale.len() / self.n.max(1);
+        Int8Slice { n, q: &self.q[j0 * cols..(j0 + n) * cols], scale: &self.scale[j0 * pb..(j0 + n) * pb], sum: &self.sum[j0 * pb..(j0 + n) * pb] }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{padded, value_bytes, Int8Blocks, Int8Slice};
@@ -283,6 +299,160 @@ mod avx2 {
     }
 }
 
+/// The same products with AVX-512 for several vectors (a prompt): `vpdpbusd` (VNNI) adds the
+/// 4-byte dot products of two blocks (64 values) at once into 16 integer lanes, lanes 0–7 holding
+/// the first block and 8–15 the second, scaled per block in f32. (For one vector, a decoded
+/// token, the AVX2 kernel was as fast or faster: that product waits on memory, not arithmetic.)
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{padded, value_bytes, Int8Blocks, Int8Slice};
+    use crate::fast_decode::weight_product::avx2::hsum;
+    use crate::packed_matrix::{BlockFormat, BLOCK_LEN};
+    use std::arch::x86_64::*;
+
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q8_0: u8 = 2;
+
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+            && crate::fast_decode::weight_product::avx2_available()
+    }
+
+    /// Rows a kernel call covers when the vectors are split in two groups: their weights (at most
+    /// ~11 KB for 1,536 columns) are still in L1 for the second group.
+    const ROWS_PER_SPLIT: usize = 16;
+
+    /// More than 4 vectors take two kernel calls per 16 rows (vectors 0–3, then the rest): the
+    /// accumulators and scales of 8 vectors at once do not fit in the 32 registers.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn rows_times(m: &Int8Blocks, rows: std::ops::Range<usize>, x: Int8Slice, out: &mut [f32], stride: usize) {
+        macro_rules! go {
+            ($f:expr) => {
+                match x.n {
+                    1 => kernel::<$f, 1>(m, rows, x, out.as_mut_ptr(), stride),
+                    2 => kernel::<$f, 2>(m, rows, x, out.as_mut_ptr(), stride),
+                    3 => kernel::<$f, 3>(m, rows, x, out.as_mut_ptr(), stride),
+                    4 => kernel::<$f, 4>(m, rows, x, out.as_mut_ptr(), stride),
+                    n => {
+                        let (first, rest) = (x.vectors(0, 4), x.vectors(4, n - 4));
+                        let mut r0 = rows.start;
+                        while r0 < rows.end {
+                            let r1 = (r0 + ROWS_PER_SPLIT).min(rows.end);
+                            let o = out.as_mut_ptr().add((r0 - rows.start) * stride);
+                            kernel::<$f, 4>(m, r0..r1, first, o, stride);
+                            match n - 4 {
+                                1 => kernel::<$f, 1>(m, r0..r1, rest, o.add(4), stride),
+                                2 => kernel::<$f, 2>(m, r0..r1, rest, o.add(4), stride),
+                                3 => kernel::<$f, 3>(m, r0..r1, rest, o.add(4), stride),
+                                _ => kernel::<$f, 4>(m, r0..r1, rest, o.add(4), stride),
+                            }
+                            r0 = r1;
+                        }
+                    }
+                }
+            };
+        }
+        match m.format {
+            BlockFormat::Q4_0 => go!(Q4_0),
+            BlockFormat::Q4_1 => go!(Q4_1),
+            BlockFormat::Q8_0 => go!(Q8_0),
+        }
+    }
+
+    /// Eight f16 at `p` as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn eight_f16(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+
+    /// The values of blocks `b` and `b + 1` (only `b` when `!two`; the other half zero) as 64
+    /// bytes in value order: unsigned 0–15 for the 4-bit formats, signed for Q8_0.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn two_blocks<const F: u8>(vrow: *const u8, b: usize, two: bool) -> __m512i {
+        if F == Q8_0 {
+            let mask: __mmask64 = if two { u64::MAX } else { u32::MAX as u64 };
+            _mm512_maskz_loadu_epi8(mask, vrow.add(b * 32).cast())
+        } else {
+            let raw = if two { _mm256_loadu_si256(vrow.add(b * 16).cast()) } else { _mm256_castsi128_si256(_mm_loadu_si128(vrow.add(b * 16).cast())) };
+            let m4 = _mm256_set1_epi8(0x0F);
+            let lo = _mm256_and_si256(raw, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            // [lo_b, lo_b1, hi_b, hi_b1] (128-bit lanes) → [lo_b, hi_b, lo_b1, hi_b1].
+            let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            _mm512_shuffle_i64x2(z, z, 0b11_01_10_00)
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn kernel<const F: u8, const N: usize>(m: &Int8Blocks, rows: std::ops::Range<usize>, x: Int8Slice, out: *mut f32, stride: usize) {
+        let blocks = m.cols / BLOCK_LEN;
+        let pb = padded(blocks);
+        let qb = value_bytes(m.format);
+        let (values, scales, offsets) = (m.values.as_ptr(), m.scales.as_ptr(), m.offsets.as_ptr());
+        let (xq, xd, xs) = (x.q.as_ptr(), x.scale.as_ptr(), x.sum.as_ptr());
+        let minus8 = _mm256_set1_ps(-8.0);
+        // Lane l of a pair's scale vector takes block 2p (l < 8) or 2p + 1 (l ≥ 8) of the group.
+        let pair_index: [__m512i; 4] = std::array::from_fn(|p| {
+            let (even, odd) = (2 * p as i32, 2 * p as i32 + 1);
+            _mm512_setr_epi32(even, even, even, even, even, even, even, even, odd, odd, odd, odd, odd, odd, odd, odd)
+        });
+        for (o, r) in rows.enumerate() {
+            let vrow = values.add(r * blocks * qb);
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut extra = [_mm256_setzero_ps(); N];
+            let mut group_scale = [_mm512_setzero_ps(); N];
+            for g in 0..pb / 8 {
+                let dv = eight_f16(scales.add(r * pb + 8 * g));
+                for j in 0..N {
+                    let at = j * pb + 8 * g;
+                    group_scale[j] = _mm512_castps256_ps512(_mm256_mul_ps(dv, _mm256_loadu_ps(xd.add(at))));
+                    if F == Q4_1 {
+                        extra[j] = _mm256_fmadd_ps(eight_f16(offsets.add(r * pb + 8 * g)), _mm256_loadu_ps(xs.add(at)), extra[j]);
+                    } else if F == Q4_0 {
+                        extra[j] = _mm256_fmadd_ps(_mm256_mul_ps(dv, minus8), _mm256_loadu_ps(xs.add(at)), extra[j]);
+                    }
+                }
+                let kmax = (blocks - 8 * g).min(8);
+                for p in 0..kmax.div_ceil(2) {
+                    let b = 8 * g + 2 * p;
+                    let two = 2 * p + 1 < kmax;
+                    let w = two_blocks::<F>(vrow, b, two);
+                    let (wu, negative) = if F == Q8_0 { (_mm512_abs_epi8(w), _mm512_movepi8_mask(w)) } else { (w, 0) };
+                    let xmask: __mmask64 = if two { u64::MAX } else { u32::MAX as u64 };
+                    for j in 0..N {
+                        let xv = _mm512_maskz_loadu_epi8(xmask, xq.add(j * m.cols + b * 32).cast());
+                        // Q8_0: |w| · (x with the sign of w), as the instruction needs an unsigned side.
+                        let xv = if F == Q8_0 { _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv) } else { xv };
+                        let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, xv));
+                        let scale = _mm512_permutexvar_ps(pair_index[p], group_scale[j]);
+                        acc[j] = _mm512_fmadd_ps(dot, scale, acc[j]);
+                    }
+                }
+            }
+            for j in 0..N {
+                let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[j])));
+                let s = _mm256_add_ps(_mm512_castps512_ps256(acc[j]), upper);
+                *out.add(o * stride + j) = hsum(s) + hsum(extra[j]);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn run_for_test(m: &Int8Blocks, rows: std::ops::Range<usize>, x: Int8Slice, out: &mut [f32], stride: usize) -> bool {
+        if !available() {
+            return false;
+        }
+        // SAFETY: the features are present; the test's buffers meet rows_times' checks.
+        unsafe { rows_times(m, rows, x, out, stride) };
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +487,25 @@ mod tests {
                             let (got, port) = (a[r * n + j] as f64, b[r * n + j] as f64);
                             assert!((got - want).abs() < 0.01 * size, "{q:?} n={n} ({j}, {r}): {got} vs {want} (Σ|wx| {size})");
                             assert!((got - port).abs() < 1e-4 * (1.0 + port.abs()), "{q:?}: simd {got} vs portable {port}");
+                        }
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        // The AVX-512 kernel (every n, also the n = 1 that rows_times leaves to
+                        // AVX2): the same integer sums; for n ≤ 4 also summed in the AVX2 kernel's
+                        // order (even and odd blocks apart), so the same bits.
+                        let mut c = vec![0f32; rows * n];
+                        if avx512::run_for_test(&w, 0..rows, xq.slice(0, n), &mut c, n) {
+                            let mut d = vec![0f32; rows * n];
+                            // SAFETY: run_for_test found AVX-512, so AVX2/FMA/F16C are present too.
+                            unsafe { avx2::rows_times(&w, 0..rows, xq.slice(0, n), &mut d, n) };
+                            for (got, avx2) in c.iter().zip(&d) {
+                                if n <= 4 {
+                                    assert_eq!(got.to_bits(), avx2.to_bits(), "{q:?} n={n}: AVX-512 {got} vs AVX2 {avx2}");
+                                } else {
+                                    assert!((got - avx2).abs() < 1e-4 * (1.0 + avx2.abs()), "{q:?} n={n}: AVX-512 {got} vs AVX2 {avx2}");
+                                }
+                            }
                         }
                     }
                 }
