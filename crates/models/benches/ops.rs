@@ -7,7 +7,8 @@
 //! a warm-up, with the fastest and slowest, and the speed-up of the fused op. Threads follow
 //! `RAYON_NUM_THREADS`, and glibc's allocator gets the CLI's settings (no trimming, large blocks
 //! from the heap), as in the trainer. A benchmark, not a test: nothing here asserts a time.
-//! `LOWRANK_BENCH_REPEATS=N` changes the number of timed runs (default 7).
+//! `LOWRANK_BENCH_REPEATS=N` changes the number of timed runs (default 7). The two `bf16` rows time
+//! the same op with bf16 products switched on ("fused" column) and in f32 ("composition").
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor, Var};
 use lowrank_models::generate::SplitMix64;
@@ -64,6 +65,9 @@ struct Case {
     probe_shape: Vec<usize>,
     fused: Box<dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>>,
     composition: Box<dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>>,
+    /// The "fused" column runs with bf16 products switched on (AVX512-BF16; the case is
+    /// skipped on a CPU without it), the composition column is the same op in f32.
+    bf16: bool,
 }
 
 fn cases() -> candle_core::Result<Vec<Case>> {
@@ -102,12 +106,17 @@ fn cases() -> candle_core::Result<Vec<Case>> {
         .ok_or_else(|| candle_core::Error::Msg("Q4_1 not kept packed".into()))?;
     let expanded = packed.to_tensor(&Device::Cpu)?;
     let packed = FrozenWeight::Packed(std::sync::Arc::new(packed));
+    let (packed2, packed3) = (packed.clone(), packed.clone());
+    let head = uniform(&[VOCAB, HIDDEN], 19)?;
+    let head2 = head.clone();
+    let (targets3, targets4) = (targets.clone(), targets.clone());
     Ok(vec![
         Case {
             name: "rms_norm (1024, 576)",
             inputs: vec![var(&[BATCH, SEQ, HIDDEN], 1)?],
             probe_shape: vec![BATCH, SEQ, HIDDEN],
             fused: Box::new(move |x| ops::rms_norm::rms_norm(&x[0], &norm_weight, 1e-5)),
+            bf16: false,
             composition: Box::new(move |x| ops::norms::rms_norm(&x[0], &norm_weight2, 1e-5)),
         },
         Case {
@@ -115,6 +124,7 @@ fn cases() -> candle_core::Result<Vec<Case>> {
             inputs: vec![var(&[BATCH, SEQ, MLP], 6)?, var(&[BATCH, SEQ, MLP], 7)?],
             probe_shape: vec![BATCH, SEQ, MLP],
             fused: Box::new(|x| ops::swiglu::swiglu(&x[0], &x[1])),
+            bf16: false,
             composition: Box::new(|x| x[0].silu()? * &x[1]),
         },
         Case {
@@ -122,6 +132,7 @@ fn cases() -> candle_core::Result<Vec<Case>> {
             inputs: vec![var(&[BATCH, SEQ, HEADS * HEAD_DIM], 8)?],
             probe_shape: vec![BATCH, HEADS, SEQ, HEAD_DIM],
             fused: Box::new(move |x| ops::heads::to_heads(&x[0], HEADS, Some((&cos, &sin)))),
+            bf16: false,
             composition: Box::new(move |x| {
                 let heads = x[0].reshape((BATCH, SEQ, HEADS, HEAD_DIM))?.transpose(1, 2)?.contiguous()?;
                 ops::norms::apply_rotary(&heads, &cos2, &sin2)
@@ -132,6 +143,7 @@ fn cases() -> candle_core::Result<Vec<Case>> {
             inputs: vec![var(&[BATCH, KV_HEADS, group * SEQ, SEQ], 9)?],
             probe_shape: vec![BATCH, KV_HEADS, group * SEQ, SEQ],
             fused: Box::new(move |x| ops::masked_softmax(&x[0], &mask, scale)),
+            bf16: false,
             composition: Box::new(move |x| {
                 let add = mask2.additive(BATCH, SEQ, &Device::Cpu)?;
                 let s = (&x[0] * scale)?.reshape((BATCH, KV_HEADS, group, SEQ, SEQ))?.broadcast_add(&add)?;
@@ -143,6 +155,7 @@ fn cases() -> candle_core::Result<Vec<Case>> {
             inputs: vec![var(&[n, VOCAB], 10)?],
             probe_shape: vec![],
             fused: Box::new(move |x| ops::cross_entropy_sum(&x[0], &targets, 0.0)),
+            bf16: false,
             composition: Box::new(move |x| ops::reference_cross_entropy_sum(&x[0], &targets2, 0.0)),
         },
         Case {
@@ -152,6 +165,7 @@ fn cases() -> candle_core::Result<Vec<Case>> {
             fused: Box::new(move |x| ops::frozen_matmul(&x[0], &frozen)),
             // candle's matmul differentiates both operands; the weight is a Var here as it is for
             // any tensor candle cannot tell is frozen.
+            bf16: false,
             composition: Box::new(move |x| x[0].broadcast_matmul(&frozen_var.as_tensor().t()?)),
         },
         Case {
@@ -161,13 +175,31 @@ fn cases() -> candle_core::Result<Vec<Case>> {
             inputs: vec![var(&[BATCH, SEQ, HIDDEN], 13)?],
             probe_shape: vec![BATCH, SEQ, MLP],
             fused: Box::new(move |x| ops::frozen_weight_matmul(&x[0], &packed)),
+            bf16: false,
             composition: Box::new(move |x| ops::frozen_matmul(&x[0], &expanded)),
+        },
+        Case {
+            name: "frozen linear Q4_1, bf16 products vs f32",
+            inputs: vec![var(&[BATCH, SEQ, HIDDEN], 13)?],
+            probe_shape: vec![BATCH, SEQ, MLP],
+            fused: Box::new(move |x| ops::frozen_weight_matmul(&x[0], &packed2)),
+            bf16: true,
+            composition: Box::new(move |x| ops::frozen_weight_matmul(&x[0], &packed3)),
+        },
+        Case {
+            name: "head + cross-entropy, bf16 vs f32",
+            inputs: vec![var(&[n, HIDDEN], 20)?],
+            probe_shape: vec![],
+            fused: Box::new(move |x| ops::head_cross_entropy_sum(&x[0], &head, &targets3, 0.0)),
+            bf16: true,
+            composition: Box::new(move |x| ops::head_cross_entropy_sum(&x[0], &head2, &targets4, 0.0)),
         },
         Case {
             name: "swiglu + frozen down (1024, 1536)→576",
             inputs: vec![var(&[BATCH, SEQ, MLP], 14)?, var(&[BATCH, SEQ, MLP], 15)?],
             probe_shape: vec![BATCH, SEQ, HIDDEN],
             fused: Box::new(move |x| ops::swiglu::swiglu_down(&x[0], &x[1], &down_dense)),
+            bf16: false,
             composition: Box::new(move |x| ops::frozen_weight_matmul(&ops::swiglu::swiglu(&x[0], &x[1])?, &down_dense2)),
         },
         Case {
@@ -176,6 +208,7 @@ fn cases() -> candle_core::Result<Vec<Case>> {
             inputs: vec![var(&[BATCH, HEADS, SEQ, HEAD_DIM], 16)?, var(&[BATCH, KV_HEADS, SEQ, HEAD_DIM], 17)?, var(&[BATCH, KV_HEADS, SEQ, HEAD_DIM], 18)?],
             probe_shape: vec![BATCH, SEQ, HEADS * HEAD_DIM],
             fused: Box::new(move |x| ops::attention_core::attention_core(&x[0], &x[1], &x[2], &mask3, scale)),
+            bf16: false,
             composition: Box::new(move |x| {
                 let q = x[0].reshape((BATCH, KV_HEADS, group * SEQ, HEAD_DIM))?;
                 let probs = ops::masked_softmax(&q.matmul(&x[1].t()?)?, &mask4, scale)?;
@@ -201,9 +234,14 @@ fn main() -> candle_core::Result<()> {
         let probe = uniform(&case.probe_shape, 99)?;
         let inputs: Vec<&Var> = case.inputs.iter().collect();
         let xs: Vec<Tensor> = case.inputs.iter().map(|v| v.as_tensor().detach()).collect();
+        if case.bf16 && !ops::bf16_gemm::set_bf16_products(true) {
+            println!("{:<40} skipped: this CPU has no AVX512-BF16", case.name);
+            continue;
+        }
         let fused_fwd = time_ms(repeats, || (case.fused)(&xs).map(|y| drop(std::hint::black_box(y))))?;
-        let comp_fwd = time_ms(repeats, || (case.composition)(&xs).map(|y| drop(std::hint::black_box(y))))?;
         let fused = time_ms(repeats, || fwd_bwd(&inputs, &probe, &*case.fused))?;
+        ops::bf16_gemm::set_bf16_products(false);
+        let comp_fwd = time_ms(repeats, || (case.composition)(&xs).map(|y| drop(std::hint::black_box(y))))?;
         let comp = time_ms(repeats, || fwd_bwd(&inputs, &probe, &*case.composition))?;
         let cell = |(m, lo, hi): (f64, f64, f64)| format!("{m:.1} ({lo:.1}–{hi:.1})");
         println!(
