@@ -22,6 +22,9 @@ use std::cell::Cell;
 const MR: usize = 6;
 /// Columns of the result a micro-kernel computes (four vectors of 16 f32).
 const NR: usize = 64;
+/// Fewer rows than this stay f32 even with bf16 products on: packing the right operand costs about
+/// as much as 64 rows of products (a decoded token's single row would pay it for nothing).
+pub const BF16_MIN_ROWS: usize = 64;
 /// Pairs of `k` taken in one pass over the tiles: a 64-column panel block is then 256 KB
 /// (within a core's L2) and a 6-row strip of the left operand 24 KB (within L1).
 const KC: usize = 1024;
@@ -59,56 +62,70 @@ pub fn bf16_products() -> bool {
 
 /// `dst (m, n) = alpha · lhs (m, k) · rhs`, or `dst += …` when `accumulate`, where `rhs` is read
 /// with strides `(cs, rs)`: element `(i, j)` of the right operand is `rhs[j·cs + i·rs]`. In f32
-/// by the `gemm` crate unless [`bf16_products`] is on for this thread.
+/// by the `gemm` crate unless [`bf16_products`] is on for this thread and `m` is at least
+/// [`BF16_MIN_ROWS`].
+///
+/// Panics when a buffer is shorter than the shapes say (a caller's bug: the ops check shapes
+/// before they get here).
 #[allow(clippy::too_many_arguments)]
-pub fn frozen_product_into(dst: &mut [f32], lhs: &[f32], rhs: &[f32], (m, n, k): (usize, usize, usize), (cs, rs): (isize, isize), accumulate: bool, alpha: f32) {
-    debug_assert!(dst.len() >= m * n && lhs.len() >= m * k);
-    if bf16_products() && m > 0 && n > 0 && k > 0 {
+pub fn frozen_product_into(dst: &mut [f32], lhs: &[f32], rhs: &[f32], mnk: (usize, usize, usize), strides: (isize, isize), accumulate: bool, alpha: f32) {
+    assert!(dst.len() >= mnk.0 * mnk.1, "frozen product: output of {} values for {:?}", dst.len(), mnk);
+    // SAFETY: dst holds m · n values (checked just above); product_to checks the operands.
+    unsafe { product_to(dst.as_mut_ptr(), lhs, rhs, mnk, strides, accumulate, alpha) }
+}
+
+/// [`frozen_product_into`] into a new `(m, n)` buffer (not zeroed first: every element is written).
+pub fn frozen_product(lhs: &[f32], rhs: &[f32], mnk: (usize, usize, usize), strides: (isize, isize)) -> Vec<f32> {
+    let len = mnk.0 * mnk.1;
+    let mut dst: Vec<f32> = Vec::with_capacity(len);
+    // SAFETY: the buffer has room for m · n values; with accumulate = false both paths write each
+    // of them before reading it, so the length is set only over written values.
+    unsafe {
+        product_to(dst.as_mut_ptr(), lhs, rhs, mnk, strides, false, 1.0);
+        dst.set_len(len);
+    }
+    dst
+}
+
+/// The product into `dst`, which must have room for `m · n` values; the operands are checked.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_to(dst: *mut f32, lhs: &[f32], rhs: &[f32], (m, n, k): (usize, usize, usize), (cs, rs): (isize, isize), accumulate: bool, alpha: f32) {
+    assert!(lhs.len() >= m * k, "frozen product: left operand of {} values for ({m}, {k})", lhs.len());
+    assert!(cs >= 0 && rs >= 0, "frozen product: negative strides");
+    let extent = if m * n * k == 0 { 0 } else { (n - 1) * cs as usize + (k - 1) * rs as usize + 1 };
+    assert!(rhs.len() >= extent, "frozen product: right operand of {} values, the strides reach {extent}", rhs.len());
+    if bf16_products() && m >= BF16_MIN_ROWS && n > 0 && k > 0 {
         #[cfg(target_arch = "x86_64")]
         {
-            // SAFETY: bf16_products() is only ever on where the CPU has AVX512-F/BW/BF16.
-            unsafe { bf16_product_into(dst, lhs, rhs, (m, n, k), (cs, rs), accumulate, alpha) };
+            // SAFETY: bf16_products() is only ever on where the CPU has AVX512-F/BW/BF16; the
+            // sizes are checked above.
+            bf16_product_into(dst, lhs, rhs, (m, n, k), (cs, rs), accumulate, alpha);
             return;
         }
     }
-    // SAFETY: dst (m, n), lhs (m, k) row-major and rhs covering the strides' extent, as
-    // documented for the callers; gemm writes each element of dst (reading it when accumulate).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            cs,
-            rs,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(candle_core::utils::get_num_threads()),
-        )
-    }
-}
-
-/// [`frozen_product_into`] into a new `(m, n)` buffer.
-pub fn frozen_product(lhs: &[f32], rhs: &[f32], (m, n, k): (usize, usize, usize), strides: (isize, isize)) -> Vec<f32> {
-    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: f32 has no invalid bit patterns, and frozen_product_into writes every element
-    // without reading it (accumulate = false) before anyone reads the buffer.
-    #[allow(clippy::uninit_vec)]
-    unsafe {
-        dst.set_len(m * n)
-    };
-    frozen_product_into(&mut dst, lhs, rhs, (m, n, k), strides, false, 1.0);
-    dst
+    // SAFETY: dst (m, n), lhs (m, k) row-major and rhs covering the strides' extent (checked
+    // above); gemm writes each element of dst (reading it only when accumulate).
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        n as isize,
+        accumulate,
+        lhs.as_ptr(),
+        1,
+        k as isize,
+        rhs.as_ptr(),
+        cs,
+        rs,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        gemm::Parallelism::Rayon(candle_core::utils::get_num_threads()),
+    )
 }
 
 /// The bf16 bits of `x`, rounded to nearest even (what `vcvtneps2bf16` gives for normal values).
@@ -243,11 +260,11 @@ unsafe impl Sync for SharedOut {}
 /// The bf16 path of [`frozen_product_into`].
 ///
 /// # Safety
-/// The CPU has AVX512-F, -BW and -BF16; `dst` holds `m · n`, `lhs` `m · k` values and `rhs`
-/// every element the strides address.
+/// The CPU has AVX512-F, -BW and -BF16; `dst` has room for `m · n` values (read only when
+/// `accumulate`), `lhs` holds `m · k` values and `rhs` every element the strides address.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn bf16_product_into(dst: &mut [f32], lhs: &[f32], rhs: &[f32], (m, n, k): (usize, usize, usize), (cs, rs): (isize, isize), accumulate: bool, alpha: f32) {
+unsafe fn bf16_product_into(dst: *mut f32, lhs: &[f32], rhs: &[f32], (m, n, k): (usize, usize, usize), (cs, rs): (isize, isize), accumulate: bool, alpha: f32) {
     let k2 = k.div_ceil(2);
     // The left operand as rows of pairs, a zero row for the strip's rows past m.
     let mut left = vec![0u32; m * k2];
@@ -284,7 +301,7 @@ unsafe fn bf16_product_into(dst: &mut [f32], lhs: &[f32], rhs: &[f32], (m, n, k)
     let chunks = (4 * threads).div_ceil(panels).clamp(1, strips);
     let strips_per_task = strips.div_ceil(chunks);
     let chunks = strips.div_ceil(strips_per_task);
-    let out = SharedOut(dst.as_mut_ptr());
+    let out = SharedOut(dst);
     for k0 in (0..k2).step_by(KC) {
         let kc = KC.min(k2 - k0);
         let load = accumulate || k0 > 0;
@@ -332,11 +349,20 @@ mod tests {
     /// `k`, ragged tiles, several passes over `k`, and accumulate/alpha.
     #[test]
     fn bf16_products_match_f64_sums_of_rounded_operands() {
-        if !set_bf16_products(true) {
+        if !bf16_products_supported() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        for &(m, n, k) in &[(1, 1, 1), (7, 70, 33), (13, 129, 64), (6, 64, 2), (20, 17, 2 * KC + 37)] {
+        // The kernel directly: most of these shapes have fewer rows than BF16_MIN_ROWS.
+        let product_into = |dst: &mut [f32], lhs: &[f32], rhs: &[f32], mnk, strides, accumulate, alpha| {
+            // SAFETY: AVX512-F/BW/BF16 are present (checked above); the buffers have the sizes
+            // the shapes and strides describe.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                bf16_product_into(dst.as_mut_ptr(), lhs, rhs, mnk, strides, accumulate, alpha)
+            }
+        };
+        for &(m, n, k) in &[(1, 1, 1), (7, 70, 33), (13, 129, 64), (6, 64, 2), (20, 17, 2 * KC + 37), (70, 65, 40)] {
             let lhs = values(m * k, 1 + m as u64);
             // Rows of k + 3 values: the padded layout goes through the generic packing.
             let w = values(n * (k + 3), 2 + n as u64);
@@ -345,7 +371,7 @@ mod tests {
                 let rhs_at = |i: usize, j: usize| w[j * cs as usize + i * rs as usize];
                 let start = values(m * n, 9);
                 let mut dst = start.clone();
-                frozen_product_into(&mut dst, &lhs, &w, (m, n, k), (cs, rs), true, 0.5);
+                product_into(&mut dst, &lhs, &w, (m, n, k), (cs, rs), true, 0.5);
                 for i in 0..m {
                     for j in 0..n {
                         let (mut exact, mut size) = (0f64, 0f64);
@@ -359,12 +385,12 @@ mod tests {
                         assert!((got - expect).abs() <= 1e-5 * (size + 1.0), "{layout} ({m}, {n}, {k}) at ({i}, {j}): {got} vs {expect}");
                     }
                 }
-                let mut fresh = vec![7f32; m * n];
-                frozen_product_into(&mut fresh, &lhs, &w, (m, n, k), (cs, rs), false, 1.0);
-                assert_eq!(fresh, frozen_product(&lhs, &w, (m, n, k), (cs, rs)), "{layout}: overwrite and fresh differ");
+                let (mut fresh, mut garbage) = (vec![0f32; m * n], vec![7f32; m * n]);
+                product_into(&mut fresh, &lhs, &w, (m, n, k), (cs, rs), false, 1.0);
+                product_into(&mut garbage, &lhs, &w, (m, n, k), (cs, rs), false, 1.0);
+                assert_eq!(fresh, garbage, "{layout}: without accumulate the old contents must not matter");
             }
         }
-        set_bf16_products(false);
     }
 
     #[test]
@@ -375,10 +401,11 @@ mod tests {
         assert!(!bf16_products(), "another thread's switch leaked here");
     }
 
-    /// Off, the product is the f32 gemm's; on, it differs from it only by bf16 rounding.
+    /// Off, the product is the f32 gemm's; on, it differs from it only by bf16 rounding, and a
+    /// product of fewer than BF16_MIN_ROWS rows stays the f32 one.
     #[test]
     fn on_and_off_give_f32_and_rounded_products() {
-        let (m, n, k) = (9, 40, 50);
+        let (m, n, k) = (BF16_MIN_ROWS + 3, 40, 50);
         let lhs = values(m * k, 3);
         let w = values(n * k, 4);
         set_bf16_products(false);
@@ -389,7 +416,9 @@ mod tests {
         }
         if set_bf16_products(true) {
             let bf16_product = frozen_product(&lhs, &w, (m, n, k), (k as isize, 1));
+            let few_rows = frozen_product(&lhs[..(BF16_MIN_ROWS - 1) * k], &w, (BF16_MIN_ROWS - 1, n, k), (k as isize, 1));
             set_bf16_products(false);
+            assert_eq!(few_rows[..], f32_product[..(BF16_MIN_ROWS - 1) * n], "a product of few rows left f32");
             let largest = f32_product.iter().zip(&bf16_product).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(largest > 0.0 && largest < 0.2, "bf16 rounding moved the products by {largest}");
         }
