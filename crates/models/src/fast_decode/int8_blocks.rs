@@ -210,9 +210,9 @@ mod avx2 {
     use crate::packed_matrix::{BlockFormat, BLOCK_LEN};
     use std::arch::x86_64::*;
 
-    const Q4_0: u8 = 0;
-    const Q4_1: u8 = 1;
-    const Q8_0: u8 = 2;
+    pub(super) const Q4_0: u8 = 0;
+    pub(super) const Q4_1: u8 = 1;
+    pub(super) const Q8_0: u8 = 2;
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows_times(m: &Int8Blocks, rows: std::ops::Range<usize>, x: Int8Slice, out: &mut [f32], stride: usize) {
@@ -240,7 +240,7 @@ mod avx2 {
     /// Eight f16 at `p` as f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn eight_f16(p: *const u16) -> __m256 {
+    pub(super) unsafe fn eight_f16(p: *const u16) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
     }
 
@@ -308,11 +308,8 @@ mod avx512 {
     use super::{padded, value_bytes, Int8Blocks, Int8Slice};
     use crate::fast_decode::weight_product::avx2::hsum;
     use crate::packed_matrix::{BlockFormat, BLOCK_LEN};
+    use super::avx2::{eight_f16, Q4_0, Q4_1, Q8_0};
     use std::arch::x86_64::*;
-
-    const Q4_0: u8 = 0;
-    const Q4_1: u8 = 1;
-    const Q8_0: u8 = 2;
 
     pub fn available() -> bool {
         is_x86_feature_detected!("avx512f")
@@ -360,13 +357,6 @@ mod avx512 {
             BlockFormat::Q4_1 => go!(Q4_1),
             BlockFormat::Q8_0 => go!(Q8_0),
         }
-    }
-
-    /// Eight f16 at `p` as f32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn eight_f16(p: *const u16) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
     }
 
     /// The values of blocks `b` and `b + 1` (only `b` when `!two`; the other half zero) as 64
