@@ -131,12 +131,17 @@ fn bf16_products_keep_loss_and_lora_gradients_near_pytorch_f32() {
     let loaded = load_adapter(&fixtures().join("peft-adapter"), &m.config.linear_modules(), &dev).unwrap();
     let adapters = loaded.adapters;
     let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
-    let mask = &g["attention_mask"];
-    let labels = rows_i64(&g["labels"]);
+    // The golden batch 8 times over: products of at least BF16_MIN_ROWS rows take the bf16 path,
+    // and the mean loss and its gradients are those of the batch itself.
+    let copies = 8;
+    let repeat = |t: &Tensor| Tensor::cat(&vec![t; copies], 0).unwrap();
+    let (ids, mask) = (repeat(&g["input_ids"]), repeat(&g["attention_mask"]));
+    assert!(ids.elem_count() >= lowrank_models::ops::bf16_gemm::BF16_MIN_ROWS);
+    let labels = rows_i64(&repeat(&g["labels"]));
     let vars: Vec<(String, candle_core::Var)> =
         adapters.named_vars().into_iter().map(|(n, v)| (format!("base_model.model.{n}"), v)).collect();
     let loss_and_grads = || {
-        let (sum, n) = model.loss_sum(&g["input_ids"], Some(mask), &labels, 0.0, true).unwrap();
+        let (sum, n) = model.loss_sum(&ids, Some(&mask), &labels, 0.0, true).unwrap();
         let loss = (sum / n as f64).unwrap();
         let grads = collect_grads(&vars, &loss.backward().unwrap());
         (loss.to_scalar::<f32>().unwrap(), grads)
