@@ -22,8 +22,9 @@ use std::cell::Cell;
 const MR: usize = 6;
 /// Columns of the result a micro-kernel computes (four vectors of 16 f32).
 const NR: usize = 64;
-/// Fewer rows than this stay f32 even with bf16 products on: packing the right operand costs about
-/// as much as 64 rows of products (a decoded token's single row would pay it for nothing).
+/// Fewer rows than this stay f32 even with bf16 products on: the right operand is converted and
+/// packed for each product, which pays off only over many rows (by a rough count of instructions,
+/// some tens; not tuned). A decoded token's single row would pay it for nothing.
 pub const BF16_MIN_ROWS: usize = 64;
 /// Pairs of `k` taken in one pass over the tiles: a 64-column panel block is then 256 KB
 /// (within a core's L2) and a 6-row strip of the left operand 24 KB (within L1).
