@@ -73,14 +73,19 @@ fn rslora_adapter_reproduces_peft_logits_and_loss() {
     check_adapter("peft-adapter-rslora", "rslora");
 }
 
+/// The tiny Llama with the PEFT-written adapter of the fixtures (no dropout).
+fn model_with_peft_adapter() -> (Llama, lowrank_peft::LoraAdapters) {
+    let dev = Device::Cpu;
+    let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
+    let adapters = load_adapter(&fixtures().join("peft-adapter"), &m.config.linear_modules(), &dev).unwrap().adapters;
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
+    (model, adapters)
+}
+
 #[test]
 fn lora_gradients_and_three_adamw_steps_match_pytorch() {
     let g = golden();
-    let dev = Device::Cpu;
-    let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
-    let loaded = load_adapter(&fixtures().join("peft-adapter"), &m.config.linear_modules(), &dev).unwrap();
-    let adapters = loaded.adapters;
-    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
+    let (model, adapters) = model_with_peft_adapter();
     let mask = &g["attention_mask"];
     let labels = rows_i64(&g["labels"]);
     let vars: Vec<(String, candle_core::Var)> =
@@ -126,11 +131,7 @@ fn lora_gradients_and_three_adamw_steps_match_pytorch() {
 fn bf16_products_keep_loss_and_lora_gradients_near_pytorch_f32() {
     use lowrank_models::ops::bf16_gemm::set_bf16_products;
     let g = golden();
-    let dev = Device::Cpu;
-    let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
-    let loaded = load_adapter(&fixtures().join("peft-adapter"), &m.config.linear_modules(), &dev).unwrap();
-    let adapters = loaded.adapters;
-    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
+    let (model, adapters) = model_with_peft_adapter();
     // The golden batch 8 times over: products of at least BF16_MIN_ROWS rows take the bf16 path,
     // and the mean loss and its gradients are those of the batch itself.
     let copies = 8;

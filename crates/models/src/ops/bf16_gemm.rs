@@ -331,16 +331,7 @@ unsafe fn bf16_product_into(dst: *mut f32, lhs: &[f32], rhs: &[f32], (m, n, k): 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-            })
-            .collect()
-    }
+    use crate::fast_decode::test_values as values;
 
     fn round(x: f32) -> f64 {
         half::bf16::from_f32(x).to_f64()
