@@ -158,10 +158,16 @@ mod kernels {
         }
     }
 
+    /// A mask of the first `valid` of 16 lanes (all 16 when `valid ≥ 16`).
+    #[inline]
+    fn first_lanes(valid: usize) -> __mmask16 {
+        if valid >= 16 { 0xFFFF } else { ((1u32 << valid) - 1) as __mmask16 }
+    }
+
     /// 16 f32 at `p` (of which `valid` are real, the rest read as zero) as 16 bf16 widened to u32.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn widened_bf16(p: *const f32, valid: usize) -> __m512i {
-        let mask: __mmask16 = if valid >= 16 { 0xFFFF } else { ((1u32 << valid) - 1) as __mmask16 };
+        let mask = first_lanes(valid);
         let v = _mm512_maskz_loadu_ps(mask, p);
         let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
         _mm512_cvtepu16_epi32(h)
@@ -239,7 +245,7 @@ mod kernels {
                 if valid == 0 {
                     break;
                 }
-                let mask: __mmask16 = if valid >= 16 { 0xFFFF } else { ((1u32 << valid) - 1) as __mmask16 };
+                let mask = first_lanes(valid);
                 let out = dst.add(r * ld + v * 16);
                 let mut y = _mm512_mul_ps(acc[r * 4 + v], scale);
                 if load {
