@@ -1,7 +1,7 @@
 //! Block-quantized weights laid out for products with 8-bit activations, as llama.cpp computes
 //! them: per block of 32, `Σ w·x ≈ d_w · d_x · Σ q_w · q_x` (+ `m · Σx` for Q4_1, `−8·d_w · Σx`
-//! for Q4_0) with the integer sums done 32 bytes at a time (AVX2 `maddubs`), or for several
-//! vectors (a prompt) 64 bytes at a time where the CPU has AVX-512 VNNI (`vpdpbusd`).
+//! for Q4_0) with the integer sums done 32 bytes at a time (AVX2 `maddubs`), or 64 at a time
+//! where the CPU has AVX-512 VNNI (`vpdpbusd`; four 4-bit blocks a step).
 //!
 //! The GGUF blocks (scales interleaved with the values) are split at load into the values of
 //! every block, then the f16 scales (and Q4_1 offsets) of each row padded to groups of 8, so one
@@ -71,11 +71,11 @@ impl Int8Blocks {
         let blocks = self.cols / BLOCK_LEN;
         let pb = padded(blocks);
         let n = x.n;
-        assert!(rows.end <= self.rows && n <= 8 && x.q.len() == n * self.cols && x.scale.len() == n * pb && x.sum.len() == n * pb);
+        assert!(rows.end <= self.rows && n <= 8 && x.q.len() == n * self.cols && x.scale.len() == n * pb && x.sum.len() == n * pb && x.q_by_halves.len() == n * pb * BLOCK_LEN);
         assert!(rows.is_empty() || (rows.len() - 1) * stride + n <= out.len(), "output too short");
         #[cfg(target_arch = "x86_64")]
         {
-            if n >= 2 && avx512::available() {
+            if (n >= 2 || self.format != BlockFormat::Q8_0) && avx512::available() {
                 // SAFETY: AVX-512 F/BW/VNNI, AVX2, FMA and F16C are present; every index the
                 // kernel forms stays within the buffers whose lengths are asserted above.
                 unsafe { avx512::rows_times(self, rows, x, out, stride) };
@@ -131,6 +131,9 @@ fn value_bytes(f: BlockFormat) -> usize {
 pub struct Int8Vectors {
     cols: usize,
     q: Vec<i8>,
+    /// `q` in the order of the one-vector AVX-512 kernel: per 4 blocks, the first 16 values of
+    /// each block, then the last 16 of each; `(n, padded(blocks) · 32)`, zero in the padding.
+    q_by_halves: Vec<i8>,
     scale: Vec<f32>,
     sum: Vec<f32>,
 }
@@ -145,13 +148,29 @@ impl Int8Vectors {
         for (j, (xv, qv)) in x.chunks_exact(cols).zip(q.chunks_exact_mut(cols)).enumerate() {
             round_vector(xv, qv, &mut scale[j * pb..(j + 1) * pb], &mut sum[j * pb..(j + 1) * pb]);
         }
-        Self { cols, q, scale, sum }
+        let mut q_by_halves = vec![0i8; n * pb * BLOCK_LEN];
+        for (qv, hv) in q.chunks_exact(cols).zip(q_by_halves.chunks_exact_mut(pb * BLOCK_LEN)) {
+            for (b, block) in qv.chunks_exact(BLOCK_LEN).enumerate() {
+                let (four, k) = (b / 4, b % 4);
+                let at = four * 4 * BLOCK_LEN + k * 16;
+                hv[at..at + 16].copy_from_slice(&block[..16]);
+                hv[at + 64..at + 80].copy_from_slice(&block[16..]);
+            }
+        }
+        Self { cols, q, q_by_halves, scale, sum }
     }
 
     /// Vectors `j0 .. j0 + n`.
     pub(crate) fn slice(&self, j0: usize, n: usize) -> Int8Slice<'_> {
         let pb = self.scale.len() / (self.q.len() / self.cols).max(1);
-        Int8Slice { n, q: &self.q[j0 * self.cols..(j0 + n) * self.cols], scale: &self.scale[j0 * pb..(j0 + n) * pb], sum: &self.sum[j0 * pb..(j0 + n) * pb] }
+        let hb = pb * BLOCK_LEN;
+        Int8Slice {
+            n,
+            q: &self.q[j0 * self.cols..(j0 + n) * self.cols],
+            q_by_halves: &self.q_by_halves[j0 * hb..(j0 + n) * hb],
+            scale: &self.scale[j0 * pb..(j0 + n) * pb],
+            sum: &self.sum[j0 * pb..(j0 + n) * pb],
+        }
     }
 }
 
@@ -189,6 +208,8 @@ crate::ops::cpu_util::simd_versions! {
 pub(crate) struct Int8Slice<'a> {
     n: usize,
     q: &'a [i8],
+    /// See [`Int8Vectors`].
+    q_by_halves: &'a [i8],
     scale: &'a [f32],
     sum: &'a [f32],
 }
@@ -199,7 +220,14 @@ impl<'a> Int8Slice<'a> {
     fn vectors(&self, j0: usize, n: usize) -> Int8Slice<'a> {
         let cols = self.q.len() / self.n.max(1);
         let pb = self.scale.len() / self.n.max(1);
-        Int8Slice { n, q: &self.q[j0 * cols..(j0 + n) * cols], scale: &self.scale[j0 * pb..(j0 + n) * pb], sum: &self.sum[j0 * pb..(j0 + n) * pb] }
+        let hb = pb * BLOCK_LEN;
+        Int8Slice {
+            n,
+            q: &self.q[j0 * cols..(j0 + n) * cols],
+            q_by_halves: &self.q_by_halves[j0 * hb..(j0 + n) * hb],
+            scale: &self.scale[j0 * pb..(j0 + n) * pb],
+            sum: &self.sum[j0 * pb..(j0 + n) * pb],
+        }
     }
 }
 
@@ -299,13 +327,13 @@ mod avx2 {
     }
 }
 
-/// The same products with AVX-512 for several vectors (a prompt): `vpdpbusd` (VNNI) adds the
-/// 4-byte dot products of two blocks (64 values) at once into 16 integer lanes, lanes 0–7 holding
-/// the first block and 8–15 the second, scaled per block in f32. (For one vector, a decoded
-/// token, the AVX2 kernel was as fast or faster: that product waits on memory, not arithmetic.)
+/// The products with AVX-512 VNNI, whose `vpdpbusd` adds 4-byte dot products (unsigned × signed
+/// bytes) into 16 integer lanes: the 4-bit formats for any number of vectors (a decoded token
+/// included), Q8_0 for several (a prompt). A decoded token's Q8_0 product (the output head) stays
+/// on the AVX2 kernel: it waits on memory, and the AVX-512 one measured no faster.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{padded, value_bytes, Int8Blocks, Int8Slice};
+    use super::{padded, Int8Blocks, Int8Slice};
     use crate::fast_decode::weight_product::avx2::hsum;
     use crate::packed_matrix::{BlockFormat, BLOCK_LEN};
     use super::avx2::{eight_f16, Q4_0, Q4_1, Q8_0};
@@ -327,24 +355,24 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn rows_times(m: &Int8Blocks, rows: std::ops::Range<usize>, x: Int8Slice, out: &mut [f32], stride: usize) {
         macro_rules! go {
-            ($f:expr) => {
+            ($kernel:ident, $f:expr) => {
                 match x.n {
-                    1 => kernel::<$f, 1>(m, rows, x, out.as_mut_ptr(), stride),
-                    2 => kernel::<$f, 2>(m, rows, x, out.as_mut_ptr(), stride),
-                    3 => kernel::<$f, 3>(m, rows, x, out.as_mut_ptr(), stride),
-                    4 => kernel::<$f, 4>(m, rows, x, out.as_mut_ptr(), stride),
+                    1 => $kernel::<$f, 1>(m, rows, x, out.as_mut_ptr(), stride),
+                    2 => $kernel::<$f, 2>(m, rows, x, out.as_mut_ptr(), stride),
+                    3 => $kernel::<$f, 3>(m, rows, x, out.as_mut_ptr(), stride),
+                    4 => $kernel::<$f, 4>(m, rows, x, out.as_mut_ptr(), stride),
                     n => {
                         let (first, rest) = (x.vectors(0, 4), x.vectors(4, n - 4));
                         let mut r0 = rows.start;
                         while r0 < rows.end {
                             let r1 = (r0 + ROWS_PER_SPLIT).min(rows.end);
                             let o = out.as_mut_ptr().add((r0 - rows.start) * stride);
-                            kernel::<$f, 4>(m, r0..r1, first, o, stride);
+                            $kernel::<$f, 4>(m, r0..r1, first, o, stride);
                             match n - 4 {
-                                1 => kernel::<$f, 1>(m, r0..r1, rest, o.add(4), stride),
-                                2 => kernel::<$f, 2>(m, r0..r1, rest, o.add(4), stride),
-                                3 => kernel::<$f, 3>(m, r0..r1, rest, o.add(4), stride),
-                                _ => kernel::<$f, 4>(m, r0..r1, rest, o.add(4), stride),
+                                1 => $kernel::<$f, 1>(m, r0..r1, rest, o.add(4), stride),
+                                2 => $kernel::<$f, 2>(m, r0..r1, rest, o.add(4), stride),
+                                3 => $kernel::<$f, 3>(m, r0..r1, rest, o.add(4), stride),
+                                _ => $kernel::<$f, 4>(m, r0..r1, rest, o.add(4), stride),
                             }
                             r0 = r1;
                         }
@@ -353,47 +381,34 @@ mod avx512 {
             };
         }
         match m.format {
-            BlockFormat::Q4_0 => go!(Q4_0),
-            BlockFormat::Q4_1 => go!(Q4_1),
-            BlockFormat::Q8_0 => go!(Q8_0),
+            BlockFormat::Q4_0 => go!(four_bit_kernel, Q4_0),
+            BlockFormat::Q4_1 => go!(four_bit_kernel, Q4_1),
+            BlockFormat::Q8_0 => go!(q8_0_kernel, Q8_0),
         }
     }
 
-    /// The values of blocks `b` and `b + 1` (only `b` when `!two`; the other half zero) as 64
-    /// bytes in value order: unsigned 0–15 for the 4-bit formats, signed for Q8_0.
-    #[inline]
+    /// Rows of a 4-bit weight times `N ≤ 4` vectors, four blocks a step: their 64 value bytes in
+    /// one load; the low nibbles (each block's first 16 values) and the high nibbles (its last
+    /// 16) each meet a vector's values in [`super::Int8Vectors`]' halves order in one
+    /// `vpdpbusd`, so 128-bit lane `k` sums block `k`, scaled per lane. About a quarter of the
+    /// AVX2 kernel's instructions a block: a decoded token waits on memory, and fewer
+    /// instructions leave the loads more room.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    unsafe fn two_blocks<const F: u8>(vrow: *const u8, b: usize, two: bool) -> __m512i {
-        if F == Q8_0 {
-            let mask: __mmask64 = if two { u64::MAX } else { u32::MAX as u64 };
-            _mm512_maskz_loadu_epi8(mask, vrow.add(b * 32).cast())
-        } else {
-            let raw = if two { _mm256_loadu_si256(vrow.add(b * 16).cast()) } else { _mm256_castsi128_si256(_mm_loadu_si128(vrow.add(b * 16).cast())) };
-            let m4 = _mm256_set1_epi8(0x0F);
-            let lo = _mm256_and_si256(raw, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-            // [lo_b, lo_b1, hi_b, hi_b1] (128-bit lanes) → [lo_b, hi_b, lo_b1, hi_b1].
-            let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            _mm512_shuffle_i64x2(z, z, 0b11_01_10_00)
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    unsafe fn kernel<const F: u8, const N: usize>(m: &Int8Blocks, rows: std::ops::Range<usize>, x: Int8Slice, out: *mut f32, stride: usize) {
+    unsafe fn four_bit_kernel<const F: u8, const N: usize>(m: &Int8Blocks, rows: std::ops::Range<usize>, x: Int8Slice, out: *mut f32, stride: usize) {
         let blocks = m.cols / BLOCK_LEN;
         let pb = padded(blocks);
-        let qb = value_bytes(m.format);
         let (values, scales, offsets) = (m.values.as_ptr(), m.scales.as_ptr(), m.offsets.as_ptr());
-        let (xq, xd, xs) = (x.q.as_ptr(), x.scale.as_ptr(), x.sum.as_ptr());
+        let (xh, xd, xs) = (x.q_by_halves.as_ptr(), x.scale.as_ptr(), x.sum.as_ptr());
+        let m4 = _mm512_set1_epi8(0x0F);
         let minus8 = _mm256_set1_ps(-8.0);
-        // Lane l of a pair's scale vector takes block 2p (l < 8) or 2p + 1 (l ≥ 8) of the group.
-        let pair_index: [__m512i; 4] = std::array::from_fn(|p| {
-            let (even, odd) = (2 * p as i32, 2 * p as i32 + 1);
-            _mm512_setr_epi32(even, even, even, even, even, even, even, even, odd, odd, odd, odd, odd, odd, odd, odd)
-        });
+        // Lane l of a step's scale vector takes block l / 4 of the step's four.
+        let first_four = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let last_four = _mm512_add_epi32(first_four, _mm512_set1_epi32(4));
         for (o, r) in rows.enumerate() {
-            let vrow = values.add(r * blocks * qb);
-            let mut acc = [_mm512_setzero_ps(); N];
+            let vrow = values.add(r * blocks * 16);
+            // One vector: a sum for each half of a group (two independent chains); several:
+            // one sum each.
+            let mut acc = [_mm512_setzero_ps(); 4];
             let mut extra = [_mm256_setzero_ps(); N];
             let mut group_scale = [_mm512_setzero_ps(); N];
             for g in 0..pb / 8 {
@@ -401,23 +416,79 @@ mod avx512 {
                 for j in 0..N {
                     let at = j * pb + 8 * g;
                     group_scale[j] = _mm512_castps256_ps512(_mm256_mul_ps(dv, _mm256_loadu_ps(xd.add(at))));
-                    if F == Q4_1 {
-                        extra[j] = _mm256_fmadd_ps(eight_f16(offsets.add(r * pb + 8 * g)), _mm256_loadu_ps(xs.add(at)), extra[j]);
-                    } else if F == Q4_0 {
-                        extra[j] = _mm256_fmadd_ps(_mm256_mul_ps(dv, minus8), _mm256_loadu_ps(xs.add(at)), extra[j]);
+                    let offset = if F == Q4_1 { eight_f16(offsets.add(r * pb + 8 * g)) } else { _mm256_mul_ps(dv, minus8) };
+                    extra[j] = _mm256_fmadd_ps(offset, _mm256_loadu_ps(xs.add(at)), extra[j]);
+                }
+                for half in 0..2 {
+                    let b = 8 * g + 4 * half;
+                    if b >= blocks {
+                        break;
                     }
+                    // The last blocks of a row: only theirs (the padding's scales are zero, and
+                    // so are the vectors' values there).
+                    let raw = if blocks - b >= 4 { _mm512_loadu_si512(vrow.add(b * 16).cast()) } else { _mm512_maskz_loadu_epi8((1u64 << (16 * (blocks - b))) - 1, vrow.add(b * 16).cast()) };
+                    let lo = _mm512_and_si512(raw, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+                    let index = if half == 0 { first_four } else { last_four };
+                    for j in 0..N {
+                        let xp = xh.add((j * pb + b) * BLOCK_LEN);
+                        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xp.cast()));
+                        let dot = _mm512_dpbusd_epi32(dot, hi, _mm512_loadu_si512(xp.add(64).cast()));
+                        let scale = _mm512_permutexvar_ps(index, group_scale[j]);
+                        let a = if N == 1 { half } else { j };
+                        acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[a]);
+                    }
+                }
+            }
+            for j in 0..N {
+                let sum = if N == 1 { _mm512_add_ps(acc[0], acc[1]) } else { acc[j] };
+                *out.add(o * stride + j) = hsum16(sum) + hsum(extra[j]);
+            }
+        }
+    }
+
+    /// The sum of the 16 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn hsum16(v: __m512) -> f32 {
+        let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        hsum(_mm256_add_ps(_mm512_castps512_ps256(v), upper))
+    }
+
+    /// Rows of a Q8_0 weight times `N ≤ 4` vectors, two blocks a step (lanes 0–7 the first,
+    /// 8–15 the second), each scaled in f32: `|w|` against the vector's values given the sign of
+    /// `w` (the instruction needs an unsigned side).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_0_kernel<const F: u8, const N: usize>(m: &Int8Blocks, rows: std::ops::Range<usize>, x: Int8Slice, out: *mut f32, stride: usize) {
+        debug_assert_eq!(F, Q8_0);
+        let blocks = m.cols / BLOCK_LEN;
+        let pb = padded(blocks);
+        let (values, scales) = (m.values.as_ptr(), m.scales.as_ptr());
+        let (xq, xd) = (x.q.as_ptr(), x.scale.as_ptr());
+        // Lane l of a pair's scale vector takes block 2p (l < 8) or 2p + 1 (l ≥ 8) of the group.
+        let pair_index: [__m512i; 4] = std::array::from_fn(|p| {
+            let (even, odd) = (2 * p as i32, 2 * p as i32 + 1);
+            _mm512_setr_epi32(even, even, even, even, even, even, even, even, odd, odd, odd, odd, odd, odd, odd, odd)
+        });
+        for (o, r) in rows.enumerate() {
+            let vrow = values.add(r * blocks * 32);
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut group_scale = [_mm512_setzero_ps(); N];
+            for g in 0..pb / 8 {
+                let dv = eight_f16(scales.add(r * pb + 8 * g));
+                for j in 0..N {
+                    group_scale[j] = _mm512_castps256_ps512(_mm256_mul_ps(dv, _mm256_loadu_ps(xd.add(j * pb + 8 * g))));
                 }
                 let kmax = (blocks - 8 * g).min(8);
                 for p in 0..kmax.div_ceil(2) {
                     let b = 8 * g + 2 * p;
-                    let two = 2 * p + 1 < kmax;
-                    let w = two_blocks::<F>(vrow, b, two);
-                    let (wu, negative) = if F == Q8_0 { (_mm512_abs_epi8(w), _mm512_movepi8_mask(w)) } else { (w, 0) };
-                    let xmask: __mmask64 = if two { u64::MAX } else { u32::MAX as u64 };
+                    // The second block of the pair, if the row has it.
+                    let mask: __mmask64 = if 2 * p + 1 < kmax { u64::MAX } else { u32::MAX as u64 };
+                    let w = _mm512_maskz_loadu_epi8(mask, vrow.add(b * 32).cast());
+                    let (wu, negative) = (_mm512_abs_epi8(w), _mm512_movepi8_mask(w));
                     for j in 0..N {
-                        let xv = _mm512_maskz_loadu_epi8(xmask, xq.add(j * m.cols + b * 32).cast());
-                        // Q8_0: |w| · (x with the sign of w), as the instruction needs an unsigned side.
-                        let xv = if F == Q8_0 { _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv) } else { xv };
+                        let xv = _mm512_maskz_loadu_epi8(mask, xq.add(j * m.cols + b * 32).cast());
+                        let xv = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
                         let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, xv));
                         let scale = _mm512_permutexvar_ps(pair_index[p], group_scale[j]);
                         acc[j] = _mm512_fmadd_ps(dot, scale, acc[j]);
@@ -425,9 +496,7 @@ mod avx512 {
                 }
             }
             for j in 0..N {
-                let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[j])));
-                let s = _mm256_add_ps(_mm512_castps512_ps256(acc[j]), upper);
-                *out.add(o * stride + j) = hsum(s) + hsum(extra[j]);
+                *out.add(o * stride + j) = hsum16(acc[j]);
             }
         }
     }
@@ -481,16 +550,16 @@ mod tests {
                     }
                     #[cfg(target_arch = "x86_64")]
                     {
-                        // The AVX-512 kernel (every n, also the n = 1 that rows_times leaves to
-                        // AVX2): the same integer sums; for n ≤ 4 also summed in the AVX2 kernel's
-                        // order (even and odd blocks apart), so the same bits.
+                        // The AVX-512 kernels (every n, also the Q8_0 n = 1 that rows_times
+                        // leaves to AVX2): the same integer sums; Q8_0 for n ≤ 4 also summed in
+                        // the AVX2 kernel's order (even and odd blocks apart), so the same bits.
                         let mut c = vec![0f32; rows * n];
                         if avx512::run_for_test(&w, 0..rows, xq.slice(0, n), &mut c, n) {
                             let mut d = vec![0f32; rows * n];
                             // SAFETY: run_for_test found AVX-512, so AVX2/FMA/F16C are present too.
                             unsafe { avx2::rows_times(&w, 0..rows, xq.slice(0, n), &mut d, n) };
                             for (got, avx2) in c.iter().zip(&d) {
-                                if n <= 4 {
+                                if n <= 4 && q == GgmlDType::Q8_0 {
                                     assert_eq!(got.to_bits(), avx2.to_bits(), "{q:?} n={n}: AVX-512 {got} vs AVX2 {avx2}");
                                 } else {
                                     assert!((got - avx2).abs() < 1e-4 * (1.0 + avx2.abs()), "{q:?} n={n}: AVX-512 {got} vs AVX2 {avx2}");
