@@ -392,9 +392,25 @@ pub fn multiply(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&Sp
     multiply_then_read_ahead(weights, x, n, team, Vec::new())
 }
 
-/// As [`multiply`]; then, on a team of two or more, one thread reads `next` (the weights of
-/// the next product) ahead while the caller goes on: it touches each 64-byte line, so what it read
-/// is in the caches when the next product starts, and stops when the next job begins.
+/// Whether reading the next product's weights ahead speeds decoding up on this CPU. Measured
+/// (BENCHMARKS.md): +7 % tokens/s on an AVX2-only Zen 3, −3 to −7 % on an AVX-512 Zen 5 (whose
+/// own prefetchers keep up, and where the extra reads only compete with the product's): so only
+/// on CPUs without AVX-512.
+fn read_ahead_pays() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
+}
+
+/// As [`multiply`]; then, on a team of two or more and where it pays ([`read_ahead_pays`]), one
+/// thread reads `next` (the weights of the next product) ahead while the caller goes on: it
+/// touches each 64-byte line, so what it read is in the caches when the next product starts, and
+/// stops when the next job begins.
 pub fn multiply_then_read_ahead(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&SpinTeam>, next: Vec<DecodeWeight>) -> Vec<Vec<f32>> {
     let int8 = weights.iter().any(|w| matches!(w, DecodeWeight::Int8(_)));
     let xq = int8.then(|| Int8Vectors::new(x, x.len() / n.max(1)));
@@ -435,9 +451,12 @@ pub fn multiply_then_read_ahead(weights: &[&DecodeWeight], x: &[f32], n: usize, 
                 parts.push(head);
                 rest = tail;
             }
-            let tail: Option<Tail> = (!next.is_empty()).then(|| Arc::new(move |abort: &AtomicBool| read_ahead(&next, abort)) as Tail);
+            let tail: Option<Tail> = (!next.is_empty() && read_ahead_pays()).then(|| Arc::new(move |abort: &AtomicBool| read_ahead(&next, abort)) as Tail);
             team.share_out(&mut parts, 1, || (), &|_, c, part| fill(bounds[c], part), tail);
         }
+        // One thread: here, not handed to a pool thread and waited for (a sleep and a wake-up
+        // per product, which tripled the time of a decoded token).
+        _ if team.map_or(rayon::current_num_threads(), SpinTeam::threads) <= 1 => fill(0, &mut transposed),
         _ => {
             // Rows per task: a few tasks per thread to balance, at least 16 rows a task.
             let per_task = total.div_ceil(rayon::current_num_threads().max(1) * 4).max(16);
@@ -477,12 +496,13 @@ mod tests {
 
     use crate::fast_decode::test_values as values;
 
-    /// Every format, 1 to 9 vectors (partial passes included), several weights in one pass:
-    /// against f64 sums over the dequantized values.
+    /// Every format, 1 to 9 vectors (partial passes included), several weights in one pass, on
+    /// a team, on rayon's pool and on the caller alone: against f64 sums over the dequantized
+    /// values.
     #[test]
     fn products_match_f64_sums_of_the_expanded_weights() {
         let (rows_a, rows_b, cols) = (37, 70, 96);
-        let team = SpinTeam::new(3);
+        let (team, alone) = (SpinTeam::new(3), SpinTeam::new(1));
         for dtype in [None, Some(GgmlDType::Q4_0), Some(GgmlDType::Q4_1), Some(GgmlDType::Q8_0)] {
             let make = |rows: usize, seed: u64| -> (DecodeWeight, Vec<f32>) {
                 let v = values(rows * cols, seed);
@@ -500,7 +520,13 @@ mod tests {
             let (wb, eb) = make(rows_b, 2);
             for n in [1usize, 2, 3, 4, 5, 8, 9, 17] {
                 let x = values(n * cols, 10 + n as u64);
-                let ys = multiply(&[&wa, &wb], &x, n, if n % 2 == 0 { Some(&team) } else { None });
+                // A team of three, rayon's pool, or one thread (the caller alone).
+                let on = match n % 3 {
+                    0 => Some(&team),
+                    1 => None,
+                    _ => Some(&alone),
+                };
+                let ys = multiply(&[&wa, &wb], &x, n, on);
                 for (y, (e, rows)) in ys.iter().zip([(&ea, rows_a), (&eb, rows_b)]) {
                     assert_eq!(y.len(), n * rows);
                     for j in 0..n {
