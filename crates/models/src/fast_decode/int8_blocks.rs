@@ -9,6 +9,15 @@
 //! as the GGUF blocks, fewer instructions a block.
 use crate::packed_matrix::{BlockFormat, PackedMatrix, BLOCK_LEN};
 
+/// How far ahead of the block being multiplied the kernels ask for a weight's value bytes
+/// (software prefetch; rows follow each other, so this reaches into the next rows): with the
+/// hardware prefetchers alone, a decoded token took about 15 % longer on the AVX-512 machine
+/// (measured 2,048, 4,096 and 8,192 bytes ahead: 4,096 best).
+const VALUES_AHEAD: usize = 4096;
+
+/// The same for the scales and offsets, in f16 values (1 KB; measured 3 % faster than none).
+const SCALES_AHEAD: usize = 512;
+
 /// Blocks of a row, rounded up to whole groups of 8.
 fn padded(blocks: usize) -> usize {
     blocks.div_ceil(8) * 8
@@ -233,7 +242,7 @@ impl<'a> Int8Slice<'a> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{padded, value_bytes, Int8Blocks, Int8Slice};
+    use super::{padded, value_bytes, Int8Blocks, Int8Slice, VALUES_AHEAD};
     use crate::fast_decode::weight_product::avx2::hsum;
     use crate::packed_matrix::{BlockFormat, BLOCK_LEN};
     use std::arch::x86_64::*;
@@ -301,6 +310,7 @@ mod avx2 {
                 let kmax = (blocks - 8 * g).min(8);
                 for k in 0..kmax {
                     let b = 8 * g + k;
+                    _mm_prefetch::<_MM_HINT_T0>(vrow.wrapping_add(b * qb + VALUES_AHEAD).cast());
                     let q = if F == Q8_0 {
                         _mm256_loadu_si256(vrow.add(b * 32).cast())
                     } else {
@@ -333,7 +343,7 @@ mod avx2 {
 /// on the AVX2 kernel: it waits on memory, and the AVX-512 one measured no faster.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{padded, Int8Blocks, Int8Slice};
+    use super::{padded, Int8Blocks, Int8Slice, SCALES_AHEAD, VALUES_AHEAD};
     use crate::fast_decode::weight_product::avx2::hsum;
     use crate::packed_matrix::{BlockFormat, BLOCK_LEN};
     use super::avx2::{eight_f16, Q4_0, Q4_1, Q8_0};
@@ -412,6 +422,10 @@ mod avx512 {
             let mut extra = [_mm256_setzero_ps(); N];
             let mut group_scale = [_mm512_setzero_ps(); N];
             for g in 0..pb / 8 {
+                _mm_prefetch::<_MM_HINT_T0>(scales.wrapping_add(r * pb + 8 * g + SCALES_AHEAD).cast());
+                if F == Q4_1 {
+                    _mm_prefetch::<_MM_HINT_T0>(offsets.wrapping_add(r * pb + 8 * g + SCALES_AHEAD).cast());
+                }
                 let dv = eight_f16(scales.add(r * pb + 8 * g));
                 for j in 0..N {
                     let at = j * pb + 8 * g;
@@ -426,6 +440,7 @@ mod avx512 {
                     }
                     // The last blocks of a row: only theirs (the padding's scales are zero, and
                     // so are the vectors' values there).
+                    _mm_prefetch::<_MM_HINT_T0>(vrow.wrapping_add(b * 16 + VALUES_AHEAD).cast());
                     let raw = if blocks - b >= 4 { _mm512_loadu_si512(vrow.add(b * 16).cast()) } else { _mm512_maskz_loadu_epi8((1u64 << (16 * (blocks - b))) - 1, vrow.add(b * 16).cast()) };
                     let lo = _mm512_and_si512(raw, m4);
                     let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
