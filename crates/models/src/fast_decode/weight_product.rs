@@ -213,6 +213,7 @@ fn portable_product(kind: Kind, bytes: &[u8], row_bytes: usize, cols: usize, x: 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use super::Kind;
+    use crate::fast_decode::int8_blocks::VALUES_AHEAD;
     use std::arch::x86_64::*;
 
     pub(super) fn available() -> bool {
@@ -291,6 +292,7 @@ pub(crate) mod avx2 {
                     let row = bytes.add(r * row_bytes);
                     let mut acc = [[_mm256_setzero_ps(); A]; N];
                     for b in 0..blocks {
+                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * $block_bytes + VALUES_AHEAD).cast());
                         let w = $decode(row.add(b * $block_bytes));
                         for j in 0..N {
                             let xb = x.add(j * cols + b * 32);
