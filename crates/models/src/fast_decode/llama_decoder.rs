@@ -98,8 +98,8 @@ fn memory_of(ps: &[&Projection]) -> Vec<DecodeWeight> {
     m
 }
 
-/// Products of several projections that read the same input, in one parallel pass; then the
-/// weights of `next` (the next pass's) are read ahead while the caller goes on.
+/// Products of several projections that read the same input, in one parallel pass; then, where
+/// that pays, the weights of `next` (the next pass's) are read ahead while the caller goes on.
 fn project(ps: &[&Projection], x: &[f32], n: usize, team: &SpinTeam, next: Vec<DecodeWeight>) -> Vec<Vec<f32>> {
     let weights: Vec<&DecodeWeight> = ps.iter().map(|p| &p.weight).collect();
     let mut ys = multiply_then_read_ahead(&weights, x, n, Some(team), next);
