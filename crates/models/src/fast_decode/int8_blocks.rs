@@ -243,7 +243,7 @@ impl<'a> Int8Slice<'a> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{padded, value_bytes, Int8Blocks, Int8Slice, VALUES_AHEAD};
+    use super::{padded, value_bytes, Int8Blocks, Int8Slice, SCALES_AHEAD, VALUES_AHEAD};
     use crate::fast_decode::weight_product::avx2::hsum;
     use crate::packed_matrix::{BlockFormat, BLOCK_LEN};
     use std::arch::x86_64::*;
@@ -257,6 +257,7 @@ mod avx2 {
         macro_rules! go {
             ($f:expr) => {
                 match x.n {
+                    1 if $f != Q8_0 => four_bit_one_vector::<$f>(m, rows, x, out.as_mut_ptr(), stride),
                     1 => kernel::<$f, 1, 2>(m, rows, x, out.as_mut_ptr(), stride),
                     2 => kernel::<$f, 2, 2>(m, rows, x, out.as_mut_ptr(), stride),
                     3 => kernel::<$f, 3, 2>(m, rows, x, out.as_mut_ptr(), stride),
@@ -272,6 +273,58 @@ mod avx2 {
             BlockFormat::Q4_0 => go!(Q4_0),
             BlockFormat::Q4_1 => go!(Q4_1),
             BlockFormat::Q8_0 => go!(Q8_0),
+        }
+    }
+
+    /// One vector times rows of a 4-bit weight, two blocks a step: their 32 value bytes in one
+    /// load, the low nibbles (each block's first 16 values) and the high ones (its last 16)
+    /// against the vector in [`super::Int8Vectors`]' halves order, so that after `maddubs`,
+    /// their sum and `madd`, lanes 0–3 hold the first block's sum and 4–7 the second's, scaled
+    /// per lane: about half the instructions a block of the general kernel.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn four_bit_one_vector<const F: u8>(m: &Int8Blocks, rows: std::ops::Range<usize>, x: Int8Slice, out: *mut f32, stride: usize) {
+        let blocks = m.cols / BLOCK_LEN;
+        let pb = padded(blocks);
+        let (values, scales, offsets) = (m.values.as_ptr(), m.scales.as_ptr(), m.offsets.as_ptr());
+        let (xh, xd, xs) = (x.q_by_halves.as_ptr(), x.scale.as_ptr(), x.sum.as_ptr());
+        let m4 = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let minus8 = _mm256_set1_ps(-8.0);
+        // Lanes 0–3 of a pair's scale vector take block 2p of the group, lanes 4–7 block 2p + 1.
+        let pair_index: [__m256i; 4] = std::array::from_fn(|p| {
+            let (even, odd) = (2 * p as i32, 2 * p as i32 + 1);
+            _mm256_setr_epi32(even, even, even, even, odd, odd, odd, odd)
+        });
+        for (o, r) in rows.enumerate() {
+            let vrow = values.add(r * blocks * 16);
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut extra = _mm256_setzero_ps();
+            for g in 0..pb / 8 {
+                _mm_prefetch::<_MM_HINT_T0>(scales.wrapping_add(r * pb + 8 * g + SCALES_AHEAD).cast());
+                if F == Q4_1 {
+                    _mm_prefetch::<_MM_HINT_T0>(offsets.wrapping_add(r * pb + 8 * g + SCALES_AHEAD).cast());
+                }
+                let dv = eight_f16(scales.add(r * pb + 8 * g));
+                let group_scale = _mm256_mul_ps(dv, _mm256_loadu_ps(xd.add(8 * g)));
+                let offset = if F == Q4_1 { eight_f16(offsets.add(r * pb + 8 * g)) } else { _mm256_mul_ps(dv, minus8) };
+                extra = _mm256_fmadd_ps(offset, _mm256_loadu_ps(xs.add(8 * g)), extra);
+                let kmax = (blocks - 8 * g).min(8);
+                for p in 0..kmax.div_ceil(2) {
+                    let b = 8 * g + 2 * p;
+                    _mm_prefetch::<_MM_HINT_T0>(vrow.wrapping_add(b * 16 + VALUES_AHEAD).cast());
+                    // A row's last block alone: the other half zero (the vector is zero there).
+                    let raw = if 2 * p + 1 < kmax { _mm256_loadu_si256(vrow.add(b * 16).cast()) } else { _mm256_zextsi128_si256(_mm_loadu_si128(vrow.add(b * 16).cast())) };
+                    let lo = _mm256_and_si256(raw, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                    // The pair's first halves, then 64 bytes on its second halves (see Int8Vectors).
+                    let xp = xh.add(b / 4 * 4 * BLOCK_LEN + (p % 2) * BLOCK_LEN);
+                    let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp.cast())), _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp.add(64).cast())));
+                    let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                    let scale = _mm256_permutevar8x32_ps(group_scale, pair_index[p]);
+                    acc[p % 2] = _mm256_fmadd_ps(dot, scale, acc[p % 2]);
+                }
+            }
+            *out.add(o * stride) = hsum(_mm256_add_ps(acc[0], acc[1])) + hsum(extra);
         }
     }
 
