@@ -63,6 +63,17 @@ impl DecodeWeight {
         let (_, cols) = self.dims();
         debug_assert!(x.len() == n * cols && out.len() == rows.len() * n);
         let (kind, bytes, row_bytes): (Kind, &[u8], usize) = match (self, xq) {
+            // Rows that are not whole blocks of 32 (no real model's, but a config may say so):
+            // plain dot products.
+            (Self::Dense { values, cols, .. }, _) if cols % BLOCK_LEN != 0 => {
+                for (o, r) in rows.enumerate() {
+                    let w = &values[r * cols..(r + 1) * cols];
+                    for (j, xj) in x.chunks_exact(*cols).enumerate() {
+                        out[o * n + j] = super::attention::dot(w, xj);
+                    }
+                }
+                return;
+            }
             (Self::Dense { values, cols, .. }, _) => (Kind::F32, as_bytes(values), 4 * cols),
             (Self::Packed(p), _) => (Kind::of(p.format()), p.bytes(), p.row_bytes()),
             (Self::Int8(w), Some(xq)) => {
@@ -537,6 +548,27 @@ mod tests {
                             let got = y[j * rows + r] as f64;
                             assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "{dtype:?} n={n} ({j}, {r}): {got} vs {want}");
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// An f32 weight whose rows are not whole blocks of 32 (40 columns), on a team and alone.
+    #[test]
+    fn f32_rows_of_any_length_match_f64_sums() {
+        let (rows, cols) = (21, 40);
+        let v = values(rows * cols, 3);
+        let w = DecodeWeight::Dense { rows, cols, values: Arc::new(v.clone()) };
+        let team = SpinTeam::new(2);
+        for n in [1usize, 3] {
+            let x = values(n * cols, 4);
+            for on in [Some(&team), None] {
+                let y = multiply(&[&w], &x, n, on).pop().unwrap();
+                for j in 0..n {
+                    for r in 0..rows {
+                        let want: f64 = (0..cols).map(|c| v[r * cols + c] as f64 * x[j * cols + c] as f64).sum();
+                        assert!((y[j * rows + r] as f64 - want).abs() < 1e-5 * (1.0 + want.abs()), "n={n} ({j}, {r})");
                     }
                 }
             }
