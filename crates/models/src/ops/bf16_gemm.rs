@@ -17,6 +17,7 @@
 //! `vdpbf16ps`. An odd `k` is padded with a zero.
 use rayon::prelude::*;
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 
 /// Rows of the result a micro-kernel computes.
 const MR: usize = 6;
@@ -138,23 +139,25 @@ fn bf16_bits(x: f32) -> u32 {
 mod kernels {
     use super::{bf16_bits, MR, NR};
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     /// `out[i] = (bf16(src[2i+1]) << 16) | bf16(src[2i])` for `out.len()` pairs; a missing last
     /// element of an odd `src` is zero.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn pairs_of_row(src: &[f32], out: &mut [u32]) {
-        let full = src.len() / 32;
+    pub unsafe fn pairs_of_row(src: &[f32], out: &mut [MaybeUninit<u32>]) {
+        let full = (src.len() / 32).min(out.len() / 16);
+        let to = out.as_mut_ptr().cast::<u32>();
         for c in 0..full {
             let lo = _mm512_loadu_ps(src.as_ptr().add(c * 32));
             let hi = _mm512_loadu_ps(src.as_ptr().add(c * 32 + 16));
             // cvtne2ps puts its second argument in the low half.
             let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_storeu_si512(out.as_mut_ptr().add(c * 16) as *mut _, v);
+            _mm512_storeu_si512(to.add(c * 16) as *mut _, v);
         }
-        for i in full * 16..out.len() {
+        for (i, o) in out.iter_mut().enumerate().skip(full * 16) {
             let a = src.get(2 * i).copied().unwrap_or(0.0);
             let b = src.get(2 * i + 1).copied().unwrap_or(0.0);
-            out[i] = bf16_bits(a) | (bf16_bits(b) << 16);
+            o.write(bf16_bits(a) | (bf16_bits(b) << 16));
         }
     }
 
@@ -176,7 +179,7 @@ mod kernels {
     /// One 64-column panel of a right operand stored `(k, n)` row-major (`rhs[i·n + j]`):
     /// `panel[p·64 + j] = pair(rhs[2p][c0 + j], rhs[2p+1][c0 + j])` for `p < k2`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn panel_from_rows(rhs: &[f32], (n, k): (usize, usize), c0: usize, panel: &mut [u32]) {
+    pub unsafe fn panel_from_rows(rhs: &[f32], (n, k): (usize, usize), c0: usize, panel: &mut [MaybeUninit<u32>]) {
         let k2 = k.div_ceil(2);
         let width = (n - c0).min(NR);
         for p in 0..k2 {
@@ -199,7 +202,7 @@ mod kernels {
     /// One 64-column panel of a right operand stored `(n, k)` row-major (`rhs[j·k + i]`, a
     /// weight `W` used as `Wᵀ`): lane `j` of pair row `p` is `pair(rhs[c0+j][2p], rhs[c0+j][2p+1])`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn panel_from_columns(rhs: &[f32], (n, k): (usize, usize), c0: usize, panel: &mut [u32], row: &mut [u32]) {
+    pub unsafe fn panel_from_columns(rhs: &[f32], (n, k): (usize, usize), c0: usize, panel: &mut [MaybeUninit<u32>], row: &mut [MaybeUninit<u32>]) {
         let k2 = k.div_ceil(2);
         let width = (n - c0).min(NR);
         for j in 0..NR {
@@ -207,11 +210,12 @@ mod kernels {
                 let r = c0 + j;
                 pairs_of_row(&rhs[r * k..(r + 1) * k], &mut row[..k2]);
                 for p in 0..k2 {
-                    *panel.get_unchecked_mut(p * NR + j) = *row.get_unchecked(p);
+                    // pairs_of_row wrote row[..k2].
+                    panel.get_unchecked_mut(p * NR + j).write(row.get_unchecked(p).assume_init());
                 }
             } else {
                 for p in 0..k2 {
-                    *panel.get_unchecked_mut(p * NR + j) = 0;
+                    panel.get_unchecked_mut(p * NR + j).write(0);
                 }
             }
         }
@@ -264,6 +268,23 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+/// `len` values written in chunks of `chunk` by `write(chunk index, chunk)` on rayon's threads:
+/// the buffer is not zeroed first (for the packed operands, a zero fill of a buffer about to be
+/// overwritten cost ~2 % of a bf16 training step).
+///
+/// # Safety
+/// `write` must write every value of the chunk it is given.
+unsafe fn written_in_parallel(len: usize, chunk: usize, write: impl Fn(usize, &mut [MaybeUninit<u32>]) + Sync) -> Vec<u32> {
+    let mut v: Vec<u32> = Vec::with_capacity(len);
+    if len > 0 {
+        v.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| write(i, c));
+    }
+    // SAFETY: the capacity is at least `len`, and `write` initialised every one of the `len`
+    // values (its contract).
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// The bf16 path of [`frozen_product_into`].
 ///
 /// # Safety
@@ -274,31 +295,27 @@ unsafe impl Sync for SharedOut {}
 unsafe fn bf16_product_into(dst: *mut f32, lhs: &[f32], rhs: &[f32], (m, n, k): (usize, usize, usize), (cs, rs): (isize, isize), accumulate: bool, alpha: f32) {
     let k2 = k.div_ceil(2);
     // The left operand as rows of pairs, a zero row for the strip's rows past m.
-    let mut left = vec![0u32; m * k2];
-    left.par_chunks_mut(k2).zip(lhs.par_chunks(k)).for_each(|(out, row)| kernels::pairs_of_row(row, out));
+    let left = written_in_parallel(m * k2, k2, |i, out| kernels::pairs_of_row(&lhs[i * k..(i + 1) * k], out));
     let zero_row = vec![0u32; k2];
 
     // The right operand as 64-column panels.
     let panels = n.div_ceil(NR);
-    let mut packed = vec![0u32; panels * k2 * NR];
-    packed.par_chunks_mut(k2 * NR).enumerate().for_each_init(
-        || vec![0u32; k2],
-        |row, (pi, panel)| {
-            let c0 = pi * NR;
-            if (cs, rs) == (k as isize, 1) {
-                kernels::panel_from_columns(rhs, (n, k), c0, panel, row);
-            } else if (cs, rs) == (1, n as isize) {
-                kernels::panel_from_rows(rhs, (n, k), c0, panel);
-            } else {
-                let at = |i: usize, j: usize| if i < k && j < n { rhs[(j as isize * cs + i as isize * rs) as usize] } else { 0.0 };
-                for p in 0..k2 {
-                    for j in 0..NR {
-                        panel[p * NR + j] = bf16_bits(at(2 * p, c0 + j)) | (bf16_bits(at(2 * p + 1, c0 + j)) << 16);
-                    }
+    let packed = written_in_parallel(panels * k2 * NR, k2 * NR, |pi, panel| {
+        let c0 = pi * NR;
+        if (cs, rs) == (k as isize, 1) {
+            let mut row = Vec::with_capacity(k2);
+            kernels::panel_from_columns(rhs, (n, k), c0, panel, &mut row.spare_capacity_mut()[..k2]);
+        } else if (cs, rs) == (1, n as isize) {
+            kernels::panel_from_rows(rhs, (n, k), c0, panel);
+        } else {
+            let at = |i: usize, j: usize| if i < k && j < n { rhs[(j as isize * cs + i as isize * rs) as usize] } else { 0.0 };
+            for p in 0..k2 {
+                for j in 0..NR {
+                    panel[p * NR + j].write(bf16_bits(at(2 * p, c0 + j)) | (bf16_bits(at(2 * p + 1, c0 + j)) << 16));
                 }
             }
-        },
-    );
+        }
+    });
 
     // Tasks: a panel and a run of 6-row strips. Few panels (a narrow result) split the rows
     // further so that both threads get work; many panels take all rows each (a panel is then
