@@ -141,8 +141,9 @@ fn value_bytes(f: BlockFormat) -> usize {
 pub struct Int8Vectors {
     cols: usize,
     q: Vec<i8>,
-    /// `q` in the order of the one-vector AVX-512 kernel: per 4 blocks, the first 16 values of
-    /// each block, then the last 16 of each; `(n, padded(blocks) · 32)`, zero in the padding.
+    /// `q` in the order the 4-bit kernels (AVX-512; AVX2 for one vector) read it: per 4 blocks,
+    /// the first 16 values of each block, then the last 16 of each; `(n, padded(blocks) · 32)`,
+    /// zero in the padding.
     q_by_halves: Vec<i8>,
     scale: Vec<f32>,
     sum: Vec<f32>,
