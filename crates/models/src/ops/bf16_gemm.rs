@@ -176,15 +176,14 @@ mod kernels {
         _mm512_cvtepu16_epi32(h)
     }
 
-    /// One 64-column panel of a right operand stored `(k, n)` row-major (`rhs[i·n + j]`):
-    /// `panel[p·64 + j] = pair(rhs[2p][c0 + j], rhs[2p+1][c0 + j])` for `p < k2`.
+    /// One 64-column panel of a right operand stored `(k, n)` row-major (`rhs[i·n + j]`), pairs
+    /// `p0 .. p0 + kc` of `k`: `panel[p·64 + j] = pair(rhs[2(p0+p)][c0 + j], rhs[2(p0+p)+1][c0 + j])`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn panel_from_rows(rhs: &[f32], (n, k): (usize, usize), c0: usize, panel: &mut [MaybeUninit<u32>]) {
-        let k2 = k.div_ceil(2);
+    pub unsafe fn panel_from_rows(rhs: &[f32], (n, k): (usize, usize), c0: usize, (p0, kc): (usize, usize), panel: &mut [MaybeUninit<u32>]) {
         let width = (n - c0).min(NR);
-        for p in 0..k2 {
-            let r0 = rhs.as_ptr().add(2 * p * n + c0);
-            let has_r1 = 2 * p + 1 < k;
+        for p in 0..kc {
+            let r0 = rhs.as_ptr().add(2 * (p0 + p) * n + c0);
+            let has_r1 = 2 * (p0 + p) + 1 < k;
             for v in 0..NR / 16 {
                 let valid = width.saturating_sub(v * 16).min(16);
                 let out = panel.as_mut_ptr().add(p * NR + v * 16);
@@ -200,21 +199,21 @@ mod kernels {
     }
 
     /// One 64-column panel of a right operand stored `(n, k)` row-major (`rhs[j·k + i]`, a
-    /// weight `W` used as `Wᵀ`): lane `j` of pair row `p` is `pair(rhs[c0+j][2p], rhs[c0+j][2p+1])`.
+    /// weight `W` used as `Wᵀ`), pairs `p0 .. p0 + kc` of `k`: lane `j` of pair row `p` is
+    /// `pair(rhs[c0+j][2(p0+p)], rhs[c0+j][2(p0+p)+1])`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn panel_from_columns(rhs: &[f32], (n, k): (usize, usize), c0: usize, panel: &mut [MaybeUninit<u32>], row: &mut [MaybeUninit<u32>]) {
-        let k2 = k.div_ceil(2);
+    pub unsafe fn panel_from_columns(rhs: &[f32], (n, k): (usize, usize), c0: usize, (p0, kc): (usize, usize), panel: &mut [MaybeUninit<u32>], row: &mut [MaybeUninit<u32>]) {
         let width = (n - c0).min(NR);
         for j in 0..NR {
             if j < width {
                 let r = c0 + j;
-                pairs_of_row(&rhs[r * k..(r + 1) * k], &mut row[..k2]);
-                for p in 0..k2 {
-                    // pairs_of_row wrote row[..k2].
+                pairs_of_row(&rhs[r * k + 2 * p0..(r * k + 2 * (p0 + kc)).min((r + 1) * k)], &mut row[..kc]);
+                for p in 0..kc {
+                    // pairs_of_row wrote row[..kc].
                     panel.get_unchecked_mut(p * NR + j).write(row.get_unchecked(p).assume_init());
                 }
             } else {
-                for p in 0..k2 {
+                for p in 0..kc {
                     panel.get_unchecked_mut(p * NR + j).write(0);
                 }
             }
@@ -294,29 +293,9 @@ unsafe fn written_in_parallel(len: usize, chunk: usize, write: impl Fn(usize, &m
 #[allow(clippy::too_many_arguments)]
 unsafe fn bf16_product_into(dst: *mut f32, lhs: &[f32], rhs: &[f32], (m, n, k): (usize, usize, usize), (cs, rs): (isize, isize), accumulate: bool, alpha: f32) {
     let k2 = k.div_ceil(2);
-    // The left operand as rows of pairs, a zero row for the strip's rows past m.
-    let left = written_in_parallel(m * k2, k2, |i, out| kernels::pairs_of_row(&lhs[i * k..(i + 1) * k], out));
-    let zero_row = vec![0u32; k2];
-
-    // The right operand as 64-column panels.
     let panels = n.div_ceil(NR);
-    let packed = written_in_parallel(panels * k2 * NR, k2 * NR, |pi, panel| {
-        let c0 = pi * NR;
-        if (cs, rs) == (k as isize, 1) {
-            let mut row = Vec::with_capacity(k2);
-            kernels::panel_from_columns(rhs, (n, k), c0, panel, &mut row.spare_capacity_mut()[..k2]);
-        } else if (cs, rs) == (1, n as isize) {
-            kernels::panel_from_rows(rhs, (n, k), c0, panel);
-        } else {
-            let at = |i: usize, j: usize| if i < k && j < n { rhs[(j as isize * cs + i as isize * rs) as usize] } else { 0.0 };
-            for p in 0..k2 {
-                for j in 0..NR {
-                    panel[p * NR + j].write(bf16_bits(at(2 * p, c0 + j)) | (bf16_bits(at(2 * p + 1, c0 + j)) << 16));
-                }
-            }
-        }
-    });
-
+    // A zero row for the strip's rows past m.
+    let zero_row = vec![0u32; KC.min(k2)];
     // Tasks: a panel and a run of 6-row strips. Few panels (a narrow result) split the rows
     // further so that both threads get work; many panels take all rows each (a panel is then
     // read once, the left operand from the caches).
@@ -326,23 +305,40 @@ unsafe fn bf16_product_into(dst: *mut f32, lhs: &[f32], rhs: &[f32], (m, n, k): 
     let strips_per_task = strips.div_ceil(chunks);
     let chunks = strips.div_ceil(strips_per_task);
     let out = SharedOut(dst);
+    // Both operands are packed one pass of k at a time (a long k, as in the output head's
+    // backward over the vocabulary, would otherwise hold both whole in bf16 at once).
     for k0 in (0..k2).step_by(KC) {
         let kc = KC.min(k2 - k0);
+        // Elements 2·k0 .. 2·(k0 + kc) of a row of k (the last pass may end at an odd k).
+        let span = |row: usize| row * k + 2 * k0..(row * k + 2 * (k0 + kc)).min((row + 1) * k);
+        // The left operand as rows of kc pairs.
+        let left = written_in_parallel(m * kc, kc, |i, out| kernels::pairs_of_row(&lhs[span(i)], out));
+        // The right operand as 64-column panels of kc pairs.
+        let packed = written_in_parallel(panels * kc * NR, kc * NR, |pi, panel| {
+            let c0 = pi * NR;
+            if (cs, rs) == (k as isize, 1) {
+                let mut row = Vec::with_capacity(kc);
+                kernels::panel_from_columns(rhs, (n, k), c0, (k0, kc), panel, &mut row.spare_capacity_mut()[..kc]);
+            } else if (cs, rs) == (1, n as isize) {
+                kernels::panel_from_rows(rhs, (n, k), c0, (k0, kc), panel);
+            } else {
+                let at = |i: usize, j: usize| if i < k && j < n { rhs[(j as isize * cs + i as isize * rs) as usize] } else { 0.0 };
+                for p in 0..kc {
+                    for j in 0..NR {
+                        panel[p * NR + j].write(bf16_bits(at(2 * (k0 + p), c0 + j)) | (bf16_bits(at(2 * (k0 + p) + 1, c0 + j)) << 16));
+                    }
+                }
+            }
+        });
         let load = accumulate || k0 > 0;
         (0..panels * chunks).into_par_iter().for_each(|task| {
             let out = out;
             let (pi, ci) = (task / chunks, task % chunks);
             let c0 = pi * NR;
-            let panel = packed[pi * k2 * NR + k0 * NR..].as_ptr();
+            let panel = packed[pi * kc * NR..].as_ptr();
             for s in ci * strips_per_task..((ci + 1) * strips_per_task).min(strips) {
                 let r0 = s * MR;
-                let a: [*const u32; MR] = std::array::from_fn(|r| {
-                    if r0 + r < m {
-                        left[(r0 + r) * k2 + k0..].as_ptr()
-                    } else {
-                        zero_row[k0..].as_ptr()
-                    }
-                });
+                let a: [*const u32; MR] = std::array::from_fn(|r| if r0 + r < m { left[(r0 + r) * kc..].as_ptr() } else { zero_row.as_ptr() });
                 // SAFETY: the tile's rows r0.. and columns c0.. lie inside dst (masked to m, n);
                 // no other task writes them; the pointers read kc pairs inside left/packed.
                 kernels::tile(a, panel, kc, out.0.add(r0 * n + c0), n, m - r0, n - c0, load, alpha);
