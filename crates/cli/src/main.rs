@@ -48,6 +48,7 @@ enum Command {
 
 fn main() {
     common::tune_allocator();
+    lowrank_models::thread_pools::tune_candle_pool();
     let cli = Cli::parse();
     if let Some(n) = cli.threads.or_else(|| std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok())) {
         let _ = rayon_init(n);

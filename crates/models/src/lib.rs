@@ -24,6 +24,7 @@ pub mod packed_matrix;
 pub mod quantized_linear;
 pub mod t5;
 pub mod t5_config;
+pub mod thread_pools;
 pub mod tokenizer;
 pub mod weights;
 
