@@ -58,8 +58,9 @@ impl DecodeWeight {
 
     /// `out: (rows.len(), n)` ← rows `rows` of the weight times `x: (n, d_in)` (note the
     /// transposed output: each row of the weight fills one contiguous run of `n`); an
-    /// [`Int8Blocks`] weight reads `xq`, the same vectors in 8 bits.
-    fn rows_times(&self, rows: std::ops::Range<usize>, x: &[f32], xq: Option<&Int8Vectors>, n: usize, out: &mut [f32]) {
+    /// [`Int8Blocks`] weight reads `xq`, the same vectors in 8 bits; `block_sums` holds the sums
+    /// of the blocks of 32 of a single vector (`n = 1`), else nothing.
+    fn rows_times(&self, rows: std::ops::Range<usize>, x: &[f32], xq: Option<&Int8Vectors>, block_sums: &[f32], n: usize, out: &mut [f32]) {
         let (_, cols) = self.dims();
         debug_assert!(x.len() == n * cols && out.len() == rows.len() * n);
         let (kind, bytes, row_bytes): (Kind, &[u8], usize) = match (self, xq) {
@@ -91,7 +92,7 @@ impl DecodeWeight {
         let mut j0 = 0;
         while j0 < n {
             let nv = (n - j0).min(MAX_VECTORS);
-            product(kind, rows_bytes, row_bytes, cols, &x[j0 * cols..(j0 + nv) * cols], nv, &mut out[j0..], n);
+            product(kind, rows_bytes, row_bytes, cols, &x[j0 * cols..(j0 + nv) * cols], block_sums, nv, &mut out[j0..], n);
             j0 += nv;
         }
     }
@@ -146,20 +147,21 @@ impl Kind {
     }
 }
 
-/// `out[r · stride + j] = Σ_c W[r, c] · x[j, c]` for the rows in `bytes` and `nv ≤ 8` vectors.
+/// `out[r · stride + j] = Σ_c W[r, c] · x[j, c]` for the rows in `bytes` and `nv ≤ 8` vectors;
+/// `block_sums` (the sums of a single vector's blocks of 32, or empty) lets one vector take the
+/// AVX-512 kernel.
 #[allow(clippy::too_many_arguments)]
-fn product(kind: Kind, bytes: &[u8], row_bytes: usize, cols: usize, x: &[f32], nv: usize, out: &mut [f32], stride: usize) {
+fn product(kind: Kind, bytes: &[u8], row_bytes: usize, cols: usize, x: &[f32], block_sums: &[f32], nv: usize, out: &mut [f32], stride: usize) {
     let rows = bytes.len() / row_bytes;
     assert!(rows == 0 || (rows - 1) * stride + nv <= out.len(), "output too short for {rows} rows");
     assert_eq!(x.len(), nv * cols);
     assert_eq!(row_bytes, cols / BLOCK_LEN * kind.block_bytes());
     #[cfg(target_arch = "x86_64")]
     {
-        if nv == 1 && kind != Kind::F32 && avx512::available() {
-            let sums: Vec<f32> = x.chunks_exact(BLOCK_LEN).map(|c| c.iter().sum()).collect();
-            // SAFETY: AVX-512F, AVX2, FMA and F16C are present; as below, and `sums` holds one
-            // value per block of the vector.
-            unsafe { avx512::one_vector(kind, bytes.as_ptr(), row_bytes, rows, cols, x.as_ptr(), sums.as_ptr(), out.as_mut_ptr(), stride) };
+        if nv == 1 && kind != Kind::F32 && block_sums.len() == cols / BLOCK_LEN && avx512::available() {
+            // SAFETY: AVX-512F, AVX2, FMA and F16C are present; as below, and `block_sums` holds
+            // one value per block of the vector (checked).
+            unsafe { avx512::one_vector(kind, bytes.as_ptr(), row_bytes, rows, cols, x.as_ptr(), block_sums.as_ptr(), out.as_mut_ptr(), stride) };
             return;
         }
         if avx2::available() {
@@ -510,6 +512,12 @@ fn read_ahead_pays() -> bool {
 pub fn multiply_then_read_ahead(weights: &[&DecodeWeight], x: &[f32], n: usize, team: Option<&SpinTeam>, next: Vec<DecodeWeight>) -> Vec<Vec<f32>> {
     let int8 = weights.iter().any(|w| matches!(w, DecodeWeight::Int8(_)));
     let xq = int8.then(|| Int8Vectors::new(x, x.len() / n.max(1)));
+    // One vector times GGUF blocks: the sums of its blocks, once for every chunk of rows.
+    let block_sums: Vec<f32> = if n == 1 && weights.iter().any(|w| matches!(w, DecodeWeight::Packed(_))) {
+        x.chunks_exact(BLOCK_LEN).map(|c| c.iter().sum()).collect()
+    } else {
+        Vec::new()
+    };
     let total: usize = weights.iter().map(|w| w.dims().0).sum();
     let starts: Vec<usize> = weights
         .iter()
@@ -526,7 +534,7 @@ pub fn multiply_then_read_ahead(weights: &[&DecodeWeight], x: &[f32], n: usize, 
         for (w, &s) in weights.iter().zip(&starts) {
             let (a, b) = (lo.max(s), hi.min(s + w.dims().0));
             if a < b {
-                w.rows_times(a - s..b - s, x, xq.as_ref(), n, &mut out[(a - lo) * n..(b - lo) * n]);
+                w.rows_times(a - s..b - s, x, xq.as_ref(), &block_sums, n, &mut out[(a - lo) * n..(b - lo) * n]);
             }
         }
     };
@@ -668,7 +676,7 @@ mod tests {
         let mut a = vec![0f32; rows * 3];
         let mut b = vec![0f32; rows * 3];
         portable_product(Kind::Q4_1, p.bytes(), p.row_bytes(), cols, &x, 3, &mut a, 3);
-        product(Kind::Q4_1, p.bytes(), p.row_bytes(), cols, &x, 3, &mut b, 3);
+        product(Kind::Q4_1, p.bytes(), p.row_bytes(), cols, &x, &[], 3, &mut b, 3);
         for (u, v) in a.iter().zip(&b) {
             assert!((u - v).abs() < 1e-5 * (1.0 + u.abs()), "{u} vs {v}");
         }
