@@ -301,10 +301,7 @@ mod avx2 {
             let mut acc = [_mm256_setzero_ps(); 2];
             let mut extra = _mm256_setzero_ps();
             for g in 0..pb / 8 {
-                _mm_prefetch::<_MM_HINT_T0>(scales.wrapping_add(r * pb + 8 * g + SCALES_AHEAD).cast());
-                if F == Q4_1 {
-                    _mm_prefetch::<_MM_HINT_T0>(offsets.wrapping_add(r * pb + 8 * g + SCALES_AHEAD).cast());
-                }
+                prefetch_scales::<F>(m, r * pb + 8 * g);
                 let dv = eight_f16(scales.add(r * pb + 8 * g));
                 let group_scale = _mm256_mul_ps(dv, _mm256_loadu_ps(xd.add(8 * g)));
                 let offset = if F == Q4_1 { eight_f16(offsets.add(r * pb + 8 * g)) } else { _mm256_mul_ps(dv, minus8) };
@@ -334,6 +331,16 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn eight_f16(p: *const u16) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+
+    /// Asks for the scales (and Q4_1's offsets) [`SCALES_AHEAD`] values past `at`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn prefetch_scales<const F: u8>(m: &Int8Blocks, at: usize) {
+        _mm_prefetch::<_MM_HINT_T0>(m.scales.as_ptr().wrapping_add(at + SCALES_AHEAD).cast());
+        if F == Q4_1 {
+            _mm_prefetch::<_MM_HINT_T0>(m.offsets.as_ptr().wrapping_add(at + SCALES_AHEAD).cast());
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -398,10 +405,10 @@ mod avx2 {
 /// on the AVX2 kernel: it waits on memory, and the AVX-512 one measured no faster.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{padded, Int8Blocks, Int8Slice, SCALES_AHEAD, VALUES_AHEAD};
+    use super::{padded, Int8Blocks, Int8Slice, VALUES_AHEAD};
     use crate::fast_decode::weight_product::avx2::hsum;
     use crate::packed_matrix::{BlockFormat, BLOCK_LEN};
-    use super::avx2::{eight_f16, Q4_0, Q4_1, Q8_0};
+    use super::avx2::{eight_f16, prefetch_scales, Q4_0, Q4_1, Q8_0};
     use std::arch::x86_64::*;
 
     pub fn available() -> bool {
@@ -477,15 +484,12 @@ mod avx512 {
             let mut extra = [_mm256_setzero_ps(); N];
             let mut group_scale = [_mm512_setzero_ps(); N];
             for g in 0..pb / 8 {
-                _mm_prefetch::<_MM_HINT_T0>(scales.wrapping_add(r * pb + 8 * g + SCALES_AHEAD).cast());
-                if F == Q4_1 {
-                    _mm_prefetch::<_MM_HINT_T0>(offsets.wrapping_add(r * pb + 8 * g + SCALES_AHEAD).cast());
-                }
+                prefetch_scales::<F>(m, r * pb + 8 * g);
                 let dv = eight_f16(scales.add(r * pb + 8 * g));
+                let offset = if F == Q4_1 { eight_f16(offsets.add(r * pb + 8 * g)) } else { _mm256_mul_ps(dv, minus8) };
                 for j in 0..N {
                     let at = j * pb + 8 * g;
                     group_scale[j] = _mm512_castps256_ps512(_mm256_mul_ps(dv, _mm256_loadu_ps(xd.add(at))));
-                    let offset = if F == Q4_1 { eight_f16(offsets.add(r * pb + 8 * g)) } else { _mm256_mul_ps(dv, minus8) };
                     extra[j] = _mm256_fmadd_ps(offset, _mm256_loadu_ps(xs.add(at)), extra[j]);
                 }
                 for half in 0..2 {
@@ -493,9 +497,9 @@ mod avx512 {
                     if b >= blocks {
                         break;
                     }
+                    _mm_prefetch::<_MM_HINT_T0>(vrow.wrapping_add(b * 16 + VALUES_AHEAD).cast());
                     // The last blocks of a row: only theirs (the padding's scales are zero, and
                     // so are the vectors' values there).
-                    _mm_prefetch::<_MM_HINT_T0>(vrow.wrapping_add(b * 16 + VALUES_AHEAD).cast());
                     let raw = if blocks - b >= 4 { _mm512_loadu_si512(vrow.add(b * 16).cast()) } else { _mm512_maskz_loadu_epi8((1u64 << (16 * (blocks - b))) - 1, vrow.add(b * 16).cast()) };
                     let lo = _mm512_and_si512(raw, m4);
                     let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
