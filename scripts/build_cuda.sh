@@ -7,8 +7,8 @@
 #
 #   bash scripts/build_cuda.sh [COMPUTE_CAP]      # default 90 (H100/H200)
 #
-# Outputs: target-cuda/release/lowrank and, printed at the end, the GPU test binary of
-# crates/models/tests/cuda_ops.rs. The first build compiles candle's CUDA kernels: about 20
+# Outputs: target-cuda/release/lowrank and, printed at the end, the GPU test binaries of
+# crates/models/tests/cuda_ops.rs and crates/peft/tests/cuda_training.rs. The first build compiles candle's CUDA kernels: about 20
 # minutes on 2 cores.
 set -euo pipefail
 cap=${1:-90}
@@ -44,4 +44,5 @@ export CUDA_HOME="$cuda" PATH="$cuda/bin:$PATH" CUDA_COMPUTE_CAP="$cap" CARGO_TA
 cd "$root"
 cargo build --release -p lowrank-cli --features cuda
 cargo test --release -p lowrank-models --features cuda --test cuda_ops --no-run 2>&1 | grep -o 'target-cuda/[^)]*'
+cargo test --release -p lowrank-peft --features cuda --test cuda_training --no-run 2>&1 | grep -o 'target-cuda/[^)]*'
 echo "built target-cuda/release/lowrank (compute capability $cap)"

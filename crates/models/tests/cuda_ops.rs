@@ -171,3 +171,90 @@ fn heads_layout_kernel_matches_the_composition() {
         &rand(&[2, 5, 24], 21),
     );
 }
+
+#[test]
+fn frozen_matmul_on_the_gpu_matches_the_composition() {
+    // cuBLAS against the weight in the forward and (transposed) in the backward; no weight gradient.
+    let w = rand(&[40, 24], 22);
+    let (wf, wr) = (w.clone(), w.clone());
+    check(
+        "frozen matmul",
+        &move |t| lowrank_models::ops::frozen_matmul(&t[0], &wf.to_dtype(t[0].dtype()).unwrap().to_device(t[0].device()).unwrap()).unwrap(),
+        &move |t| t[0].broadcast_matmul(&wr.t().unwrap()).unwrap(),
+        &[rand(&[3, 7, 24], 23)],
+        &rand(&[3, 7, 40], 24),
+    );
+}
+
+#[test]
+fn swiglu_down_on_the_gpu_matches_the_composition() {
+    let w = rand(&[24, 56], 25);
+    let (wf, wr) = (w.clone(), w.clone());
+    check(
+        "swiglu-down",
+        &move |t| {
+            let down = lowrank_models::FrozenWeight::Dense(wf.to_dtype(t[0].dtype()).unwrap().to_device(t[0].device()).unwrap());
+            lowrank_models::ops::swiglu::swiglu_down(&t[0], &t[1], &down).unwrap()
+        },
+        &move |t| (t[0].silu().unwrap() * &t[1]).unwrap().broadcast_matmul(&wr.t().unwrap()).unwrap(),
+        &[rand(&[2, 9, 56], 26).affine(3.0, 0.0).unwrap(), rand(&[2, 9, 56], 27)],
+        &rand(&[2, 9, 24], 28),
+    );
+}
+
+#[test]
+fn head_cross_entropy_on_the_gpu_matches_the_composition_over_several_chunks() {
+    let Some(dev) = gpu() else { return };
+    // 2,100 rows of a 33,000-word vocabulary: the logits come in two chunks of rows (at most
+    // 64 Mi at a time); ignored rows in both.
+    let (n, d, vocab) = (2100usize, 16usize, 33_000usize);
+    let head = rand(&[vocab, d], 29);
+    let targets: Vec<i64> = (0..n).map(|i| if i % 7 == 3 { IGNORE_INDEX } else { ((i * 7919) % vocab) as i64 }).collect();
+    for smoothing in [0.0f32, 0.1] {
+        let probe = Tensor::new(0.37f64, &Device::Cpu).unwrap();
+        let (hf, hr, t1, t2) = (head.clone(), head.clone(), targets.clone(), targets.clone());
+        let fused = move |t: &[Tensor]| {
+            let w = hf.to_dtype(t[0].dtype()).unwrap().to_device(t[0].device()).unwrap();
+            lowrank_models::ops::head_cross_entropy_sum(&t[0], &w, &t1, smoothing).unwrap()
+        };
+        let reference = move |t: &[Tensor]| reference_cross_entropy_sum(&t[0].matmul(&hr.t().unwrap()).unwrap(), &t2, smoothing).unwrap();
+        let x = rand(&[n, d], 30).affine(2.0, 0.0).unwrap();
+        let (want, want_g) = value_and_grads(&reference, &[x.clone()], &probe, &Device::Cpu, DType::F64);
+        for dtype in [DType::F32, DType::BF16] {
+            let (got, got_g) = value_and_grads(&fused, &[x.clone()], &probe, &dev, dtype);
+            let (dv, dg) = (rel_diff(&got, &want), rel_diff(&got_g[0], &want_g[0]));
+            println!("head cross-entropy {dtype:?} smoothing={smoothing}: value {dv:e}, gradients {dg:e}");
+            assert!(dv < tolerance(dtype) && dg < tolerance(dtype), "head cross-entropy {dtype:?} smoothing={smoothing}: value {dv:e}, gradients {dg:e}");
+        }
+    }
+    // A target outside the vocabulary is an error naming it.
+    let h = rand(&[2, d], 31).to_dtype(DType::F32).unwrap().to_device(&dev).unwrap();
+    let w = head.to_dtype(DType::F32).unwrap().to_device(&dev).unwrap();
+    let e = lowrank_models::ops::head_cross_entropy_sum(&h, &w, &[1, vocab as i64], 0.0).unwrap_err().to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+}
+
+#[test]
+fn attention_core_on_the_gpu_matches_the_cpu_at_a_larger_shape() {
+    // 3 kv heads of 3 query heads (SmolLM2's grouping), 37 positions, padding on the left of
+    // the second row, causal; and a non-causal call with cached keys (t_k > t).
+    let keep = vec![vec![1u8; 37], (0..37).map(|i| u8::from(i >= 5)).collect()];
+    let mask = AttentionMask { t_q: 37, offset: 0, key_keep: Some(Arc::new(keep)), causal: true };
+    let (mf, mr) = (mask.clone(), mask.clone());
+    check(
+        "attention core 37 positions",
+        &move |t| lowrank_models::ops::attention_core::attention_core(&t[0], &t[1], &t[2], &mf, 0.125).unwrap(),
+        &move |t| lowrank_models::ops::attention_core::attention_core(&t[0], &t[1], &t[2], &mr, 0.125).unwrap(),
+        &[rand(&[2, 9, 37, 16], 32), rand(&[2, 3, 37, 16], 33), rand(&[2, 3, 37, 16], 34)],
+        &rand(&[2, 37, 144], 35),
+    );
+    let mask = AttentionMask { t_q: 4, offset: 6, key_keep: None, causal: false };
+    let (mf, mr) = (mask.clone(), mask.clone());
+    check(
+        "attention core with cached keys",
+        &move |t| lowrank_models::ops::attention_core::attention_core(&t[0], &t[1], &t[2], &mf, 0.3).unwrap(),
+        &move |t| lowrank_models::ops::attention_core::attention_core(&t[0], &t[1], &t[2], &mr, 0.3).unwrap(),
+        &[rand(&[1, 4, 4, 8], 36), rand(&[1, 2, 10, 8], 37), rand(&[1, 2, 10, 8], 38)],
+        &rand(&[1, 4, 32], 39),
+    );
+}

@@ -282,6 +282,17 @@ impl LinearLayer for LoraLinear {
             };
             return x.contiguous()?.apply_op3(a, b, op);
         }
+        if lowrank_models::ops::frozen_linear::gpu_ok(x, &self.base.weight) {
+            // The GPU path: the factors in x's dtype (their gradients flow back to the f32
+            // variables through the cast), the bias added outside the op.
+            let dt = x.dtype();
+            let op = crate::lora_op::FusedLora { weight: self.base.weight.clone(), bias: None, scale: self.module.scale as f32, mask: mask.map(Arc::new) };
+            let y = x.contiguous()?.apply_op3(&a.to_dtype(dt)?, &b.to_dtype(dt)?, op)?;
+            return match &self.base.bias {
+                Some(bias) => y.broadcast_add(&bias.to_dtype(dt)?),
+                None => Ok(y),
+            };
+        }
         self.forward_composed(x, mask.as_ref())
     }
 }

@@ -88,6 +88,24 @@ impl CustomOp3 for FusedLora {
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
+    /// cuBLAS on the GPU: A and B come in x's dtype; the bias is left to the caller (the CUDA
+    /// path adds it outside the op, where it gets its gradient if it trains).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, sx: &candle_core::CudaStorage, lx: &Layout, sa: &candle_core::CudaStorage, la: &Layout, sb: &candle_core::CudaStorage, lb: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use lowrank_models::ops::cuda_fused::{lora_fwd, with_cuda};
+        let FrozenWeight::Dense(w) = &self.weight else {
+            return Err(msg("fused-lora: a packed weight cannot be multiplied on the GPU"));
+        };
+        if self.bias.is_some() {
+            return Err(msg("fused-lora: the GPU path adds the bias outside the op"));
+        }
+        let (y, dims) = with_cuda(w, "fused-lora", |ws, wl| match &self.mask {
+            Some(m) => with_cuda(m, "fused-lora", |ms, ml| lora_fwd(sx, lx, ws, wl, sa, la, sb, lb, Some((ms, ml)), self.scale)),
+            None => lora_fwd(sx, lx, ws, wl, sa, la, sb, lb, None, self.scale),
+        })?;
+        Ok((y, Shape::from(dims)))
+    }
+
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Detached: the gradients must not carry the forward graph (the optimizer keeps its
         // moments across steps, which would keep every step's activations alive).

@@ -9,7 +9,8 @@
 //! for a softmax whose backward needs only its output, plus the head-major context for the
 //! layout change after it. Backward, with `dC` from `d ctx`: `dP = dC·Vᵀ`, `dV = Pᵀ·dC`,
 //! `dS = scale · P ⊙ (dP − Σ dP ⊙ P)`, `dQ = dS·K`, `dK = dSᵀ·Q` (the group's heads summed into
-//! its one `dK`, `dV`).
+//! its one `dK`, `dV`). On the GPU the same products run batched over the groups in cuBLAS and the
+//! backward recomputes `P` (one more `Q·Kᵀ`) rather than keeping every layer's probabilities.
 use super::cpu_util::{f32_slice, fused_ok, msg};
 use super::masked_softmax::{masked_softmax, masked_softmax_row, AttentionMask};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
@@ -42,6 +43,11 @@ impl Dims {
     }
     fn groups(&self) -> usize {
         self.b * self.kvh
+    }
+    #[cfg(feature = "cuda")]
+    fn gpu(&self) -> super::cuda_fused::AttentionDims {
+        let Dims { b, h, kvh, t, tk, d } = *self;
+        super::cuda_fused::AttentionDims { b, h, kvh, t, tk, d }
     }
 }
 
@@ -120,6 +126,13 @@ struct AttentionCore {
     saved: Arc<Mutex<Option<Vec<f32>>>>,
 }
 
+#[cfg(feature = "cuda")]
+impl AttentionCore {
+    fn gpu_mask<'a>(&self, keep: &'a [u8]) -> super::cuda_fused::MaskArgs<'a> {
+        super::cuda_fused::MaskArgs { keep, offset: self.mask.offset, causal: self.mask.causal, scale: self.scale }
+    }
+}
+
 /// The backward as an op: `(q, k, v)` and, through `grad`, `d ctx` → `[dQ | dK | dV]` flat.
 struct AttentionCoreGrad {
     mask: AttentionMask,
@@ -150,6 +163,15 @@ impl CustomOp3 for AttentionCore {
         Ok((CpuStorage::F32(relayout(&c, dims, true)), Shape::from((b, t, h * d))))
     }
 
+    /// cuBLAS products and the masked-softmax kernel; the probabilities are freed at return.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, sq: &candle_core::CudaStorage, lq: &Layout, sk: &candle_core::CudaStorage, lk: &Layout, sv: &candle_core::CudaStorage, lv: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let dims = Dims::of(lq, lk, lv)?;
+        let keep = self.mask.keep_bytes(dims.b, dims.tk);
+        let out = super::cuda_fused::attention_fwd(sq, lq, sk, lk, sv, lv, dims.gpu(), &self.gpu_mask(&keep))?;
+        Ok((out, Shape::from((dims.b, dims.t, dims.h * dims.d))))
+    }
+
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = AttentionCoreGrad { mask: self.mask.clone(), scale: self.scale, saved: self.saved.clone(), grad: grad.contiguous()? };
         let all = q.apply_op3_no_bwd(k, v, &op)?;
@@ -164,6 +186,20 @@ impl CustomOp3 for AttentionCore {
 impl CustomOp3 for AttentionCoreGrad {
     fn name(&self) -> &'static str {
         "attention-core-grad"
+    }
+
+    /// The probabilities recomputed, then the four gradient products (see the module doc).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, sq: &candle_core::CudaStorage, lq: &Layout, sk: &candle_core::CudaStorage, lk: &Layout, sv: &candle_core::CudaStorage, lv: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let dims = Dims::of(lq, lk, lv)?;
+        let Dims { b, h, kvh, t, tk, d } = dims;
+        if self.grad.elem_count() != b * t * h * d {
+            return Err(msg(format!("attention-core-grad: gradient {:?} for ({b}, {t}, {})", self.grad.dims(), h * d)));
+        }
+        let keep = self.mask.keep_bytes(b, tk);
+        let mask = super::cuda_fused::MaskArgs { keep: &keep, offset: self.mask.offset, causal: self.mask.causal, scale: self.scale };
+        let out = super::cuda_kernels::with_cuda(&self.grad, "attention-core-grad", |sg, lg| super::cuda_fused::attention_bwd(sq, lq, sk, lk, sv, lv, sg, lg, dims.gpu(), &mask))?;
+        Ok((out, Shape::from(b * h * t * d + 2 * b * kvh * tk * d)))
     }
 
     fn cpu_fwd(&self, sq: &CpuStorage, lq: &Layout, sk: &CpuStorage, lk: &Layout, sv: &CpuStorage, lv: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
@@ -225,12 +261,14 @@ impl CustomOp3 for AttentionCoreGrad {
 }
 
 /// `softmax(scale · q·kᵀ + mask) · v` with grouped-query heads, `q: (b, h, t, d)`,
-/// `k, v: (b, kvh, t_k, d)` → `(b, t, h·d)`. Fused on CPU f32; elsewhere the composition
+/// `k, v: (b, kvh, t_k, d)` → `(b, t, h·d)`. Fused on CPU f32 and on the GPU (where the
+/// backward recomputes the probabilities instead of keeping them); elsewhere the composition
 /// (matmul, [`masked_softmax`], matmul, layout change).
 pub fn attention_core(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask, scale: f64) -> candle_core::Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let kvh = k.dim(1)?;
-    if fused_ok(q) && fused_ok(k) && fused_ok(v) {
+    let gpu = super::cpu_util::cuda_ok(q) && [k, v].iter().all(|x| x.dtype() == q.dtype() && x.device().same_device(q.device()));
+    if (fused_ok(q) && fused_ok(k) && fused_ok(v)) || gpu {
         let op = AttentionCore { mask: mask.clone(), scale: scale as f32, saved: Arc::new(Mutex::new(None)) };
         return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }

@@ -240,6 +240,45 @@ __device__ void heads_layout(const T* x, T* y, const T* cos, const T* sin, int b
     }
 }
 
+// Per row of z: the token loss as cross_entropy_rows computes it, into row_loss, then the row
+// overwritten by its gradient (softmax(z) - eps/V - (1-eps) * onehot(t)); both 0 where t = -100.
+template <typename T>
+__device__ void head_ce_rows(T* z, const long long* targets, float* row_loss, int vocab, float eps) {
+    __shared__ float sh[32];
+    long long row = blockIdx.x;
+    long long t = targets[row];
+    T* zr = z + row * (long long)vocab;
+    if (t < 0) {
+        for (int c = threadIdx.x; c < vocab; c += blockDim.x) st(zr, c, 0.0f);
+        if (threadIdx.x == 0) row_loss[row] = 0.0f;
+        return;
+    }
+    float m = NEG_INF, tot = 0.0f;
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) { float v = ld(zr, c); m = fmaxf(m, v); tot += v; }
+    m = block_max(m, sh);
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) s += expf(ld(zr, c) - m);
+    s = block_sum(s, sh);
+    tot = block_sum(tot, sh);
+    float lse = m + logf(s);
+    float zt = ld(zr, t);
+    // Every thread has read z[t] before any thread overwrites the row.
+    __syncthreads();
+    if (threadIdx.x == 0) row_loss[row] = (1.0f - eps) * (lse - zt) + eps * (lse - tot / vocab);
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) {
+        float v = expf(ld(zr, c) - lse) - eps / vocab;
+        if (c == t) v -= 1.0f - eps;
+        st(zr, c, v);
+    }
+}
+
+// x *= s over n elements.
+template <typename T>
+__device__ void scale_inplace(T* x, long long n, float s) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        st(x, i, ld(x, i) * s);
+}
+
 #define FOR_TYPE(T, S)                                                                                         \
 extern "C" __global__ void masked_softmax_fwd_##S(const T* x, T* y, const unsigned char* keep, int tk,         \
         int rows_per_batch, int rr, int t_q, int offset, int causal, float scale) {                            \
@@ -256,19 +295,23 @@ extern "C" __global__ void swiglu_bwd_##S(const T* a, const T* b, const T* g, T*
     swiglu_bwd<T>(a, b, g, out, n); }                                                                          \
 extern "C" __global__ void heads_layout_##S(const T* x, T* y, const T* cos, const T* sin, int b, int t, int h, \
         int d, int to_heads, int rope, float sign) {                                                           \
-    heads_layout<T>(x, y, cos, sin, b, t, h, d, to_heads, rope, sign); }
+    heads_layout<T>(x, y, cos, sin, b, t, h, d, to_heads, rope, sign); }                                       \
+extern "C" __global__ void head_ce_rows_##S(T* z, const long long* targets, float* row_loss, int vocab,         \
+        float eps) {                                                                                           \
+    head_ce_rows<T>(z, targets, row_loss, vocab, eps); }                                                       \
+extern "C" __global__ void scale_inplace_##S(T* x, long long n, float s) { scale_inplace<T>(x, n, s); }
 FOR_TYPE(float, f32)
 FOR_TYPE(bf16_t, bf16)
 "#;
 
 static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
 
-fn err(m: String) -> candle_core::Error {
+pub(crate) fn err(m: String) -> candle_core::Error {
     candle_core::Error::Msg(m)
 }
 
 /// A kernel of the module, compiled with NVRTC on first use.
-fn kernel(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+pub(crate) fn kernel(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     let ptx = PTX.get_or_init(|| candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE).map(|p| p.to_src()).map_err(|e| e.to_string()));
     let ptx = ptx.as_deref().map_err(|e| err(format!("compiling lowrank's CUDA kernels with NVRTC: {e}")))?;
     Ok(dev.get_or_load_custom_func(name, MODULE, ptx)?.into_cuda_function())
@@ -279,23 +322,23 @@ pub fn supports(t: &candle_core::Tensor) -> bool {
     t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::BF16)
 }
 
-fn rows_config(rows: usize) -> LaunchConfig {
+pub(crate) fn rows_config(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
-fn flat_config(n: usize) -> LaunchConfig {
+pub(crate) fn flat_config(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(ROW_THREADS as usize).clamp(1, 65_535) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// The contiguous part of a storage a layout names, as a typed view.
-fn view<'a, T: candle_core::cuda_backend::CudaDType>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, T>> {
+pub(crate) fn view<'a, T: candle_core::cuda_backend::CudaDType>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, T>> {
     let (a, b) = l.contiguous_offsets().ok_or_else(|| err(format!("{op}: input must be contiguous")))?;
     Ok(s.as_cuda_slice::<T>()?.slice(a..b))
 }
 
 /// The `{base}_f32` or `{base}_bf16` kernel for `dtype`.
-fn typed_kernel(dev: &CudaDevice, base: &str, dtype: DType, op: &str) -> Result<CudaFunction> {
+pub(crate) fn typed_kernel(dev: &CudaDevice, base: &str, dtype: DType, op: &str) -> Result<CudaFunction> {
     let suffix = match dtype {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
@@ -331,7 +374,7 @@ macro_rules! typed {
     };
 }
 
-fn alloc<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+pub(crate) fn alloc<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
     // SAFETY: every element is written by the kernel that receives the buffer.
     unsafe { dev.alloc::<T>(n) }
 }

@@ -143,6 +143,16 @@ impl CustomOp1 for FrozenMatmul {
         Ok((out, Shape::from(out_dims)))
     }
 
+    /// cuBLAS against the weight on the GPU (dense, of x's dtype).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let FrozenWeight::Dense(weight) = &self.weight else {
+            return Err(candle_core::Error::Msg("frozen-matmul: a packed weight cannot be multiplied on the GPU".into()));
+        };
+        let (y, dims) = super::cuda_kernels::with_cuda(weight, "frozen-matmul", |ws, wl| super::cuda_fused::frozen_product(s, l, ws, wl, self.transposed))?;
+        Ok((y, Shape::from(dims)))
+    }
+
     /// `grad_x = grad_y · W`: `(..., d_out) -> (..., d_in)`; no gradient for `W`.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let back = FrozenMatmul { weight: self.weight.clone(), transposed: !self.transposed };
@@ -151,17 +161,27 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
+/// Whether the op's CUDA path applies: `x` on the GPU (f32 or bf16) and a dense weight of its
+/// dtype on the same device.
+pub fn gpu_ok(x: &Tensor, weight: &FrozenWeight) -> bool {
+    match weight {
+        FrozenWeight::Dense(w) => super::cpu_util::cuda_ok(x) && w.dtype() == x.dtype() && w.device().same_device(x.device()) && w.is_contiguous(),
+        _ => false,
+    }
+}
+
 /// `x: (..., d_in) · weight: (d_out, d_in)ᵀ -> (..., d_out)`, gradient only for `x`.
 ///
-/// On CPU it runs the gemm directly; elsewhere it falls back to a matmul against a detached
-/// weight (which candle then still differentiates for the weight, at a cost but correctly).
+/// On the CPU it runs the gemm directly, on the GPU cuBLAS; elsewhere (a weight of another dtype
+/// or device) it falls back to a matmul against a detached weight (which candle then still
+/// differentiates for the weight, at a cost but correctly).
 pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
     frozen_weight_matmul(x, &FrozenWeight::Dense(weight.clone()))
 }
 
 /// [`frozen_matmul`] over a dense or packed frozen weight.
 pub fn frozen_weight_matmul(x: &Tensor, weight: &FrozenWeight) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() != DType::U32 {
+    if (x.device().is_cpu() && x.dtype() != DType::U32) || gpu_ok(x, weight) {
         x.contiguous()?.apply_op1(FrozenMatmul { weight: weight.clone(), transposed: false })
     } else {
         let w = weight.to_dense()?.to_device(x.device())?;
@@ -172,7 +192,7 @@ pub fn frozen_weight_matmul(x: &Tensor, weight: &FrozenWeight) -> candle_core::R
 /// `g: (..., d_out) · weight: (d_out, d_in) -> (..., d_in)` outside the autograd graph (the input
 /// gradient of a frozen linear layer).
 pub fn frozen_matmul_t(g: &Tensor, weight: &FrozenWeight) -> candle_core::Result<Tensor> {
-    if g.device().is_cpu() {
+    if g.device().is_cpu() || gpu_ok(g, weight) {
         g.contiguous()?.apply_op1_no_bwd(&FrozenMatmul { weight: weight.clone(), transposed: true })
     } else {
         let w = weight.to_dense()?.to_device(g.device())?;

@@ -9,7 +9,9 @@
 //! composition of a frozen matmul and the fused cross-entropy held three: the logits, their
 //! gradient and the zero-initialised buffer candle's backward accumulates that gradient into.
 //!
-//! CPU and f32 only; [`head_cross_entropy_sum`] takes the composition elsewhere.
+//! On the GPU (f32 or bf16) the logits are computed a chunk of rows at a time, each chunk's loss
+//! and gradient at once, and the forward keeps only `d hidden: (n, d)`: no vocabulary-sized
+//! tensor outlives a chunk. [`head_cross_entropy_sum`] takes the composition elsewhere.
 use super::cpu_util::{f32_slice, fused_ok, msg, with_f32};
 use super::cross_entropy::{cross_entropy_sum, row_losses, rows_to_gradient};
 use super::bf16_gemm::frozen_product;
@@ -17,10 +19,13 @@ use super::frozen_linear::frozen_matmul;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
-/// What the forward leaves for the backward: the logits `(n, vocab)` and the row log-sum-exps.
-struct Saved {
-    logits: Vec<f32>,
-    lse: Vec<f32>,
+/// What the forward leaves for the backward: on the CPU the logits `(n, vocab)` and the row
+/// log-sum-exps; on the GPU the finished input gradient `(n, d)` for a loss gradient of 1 (the
+/// logits were consumed chunk by chunk).
+enum Saved {
+    Cpu { logits: Vec<f32>, lse: Vec<f32> },
+    #[cfg(feature = "cuda")]
+    Gpu(candle_core::CudaStorage),
 }
 
 struct HeadCrossEntropy {
@@ -71,9 +76,18 @@ impl CustomOp1 for HeadCrossEntropy {
         let z = logits(hidden, &self.head, n, d)?;
         let (total, lse) = row_losses(&z, vocab, &self.targets, self.label_smoothing)?;
         if let Ok(mut saved) = self.saved.lock() {
-            *saved = Some(Saved { logits: z, lse });
+            *saved = Some(Saved::Cpu { logits: z, lse });
         }
         Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (loss, dh) = self.gpu_loss_and_gradient(storage, layout)?;
+        if let Ok(mut saved) = self.saved.lock() {
+            *saved = Some(Saved::Gpu(dh));
+        }
+        Ok((loss, Shape::from(())))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -98,13 +112,13 @@ impl CustomOp1 for HeadCrossEntropyGrad {
         let (n, d, vocab) = dims(layout, &self.head, self.targets.len())?;
         // The forward's buffers, taken (a second backward over the same graph recomputes them).
         let taken = self.saved.lock().ok().and_then(|mut s| s.take());
-        let Saved { logits: mut dz, lse } = match taken {
-            Some(s) if s.logits.len() == n * vocab && s.lse.len() == n => s,
+        let (mut dz, lse) = match taken {
+            Some(Saved::Cpu { logits, lse }) if logits.len() == n * vocab && lse.len() == n => (logits, lse),
             _ => {
                 let hidden = f32_slice(storage, layout, "head-cross-entropy-grad")?;
                 let z = logits(hidden, &self.head, n, d)?;
                 let (_, lse) = row_losses(&z, vocab, &self.targets, self.label_smoothing)?;
-                Saved { logits: z, lse }
+                (z, lse)
             }
         };
         rows_to_gradient(&mut dz, vocab, &self.targets, &lse, self.label_smoothing, self.scale)?;
@@ -112,12 +126,43 @@ impl CustomOp1 for HeadCrossEntropyGrad {
         let dh = with_f32(&self.head, "head-cross-entropy-grad", |w| Ok(frozen_product(&dz, w, (n, d, vocab), (1, d as isize))))?;
         Ok((CpuStorage::F32(dh), layout.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let taken = self.saved.lock().ok().and_then(|mut s| s.take());
+        let mut dh = match taken {
+            Some(Saved::Gpu(dh)) if dh.dtype() == storage.dtype() => dh,
+            // A second backward over the same graph computes it again.
+            _ => {
+                let forward = HeadCrossEntropy { head: self.head.clone(), targets: self.targets.clone(), label_smoothing: self.label_smoothing, saved: self.saved.clone() };
+                forward.gpu_loss_and_gradient(storage, layout)?.1
+            }
+        };
+        super::cuda_fused::scale_in_place(&mut dh, self.scale)?;
+        Ok((dh, layout.shape().clone()))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl HeadCrossEntropy {
+    /// The summed loss and `d hidden` for a loss gradient of 1, on the GPU.
+    fn gpu_loss_and_gradient(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> candle_core::Result<(candle_core::CudaStorage, candle_core::CudaStorage)> {
+        let (_, _, vocab) = dims(layout, &self.head, self.targets.len())?;
+        for &t in self.targets.iter() {
+            super::cross_entropy::valid_target(t, vocab)?;
+        }
+        super::cuda_kernels::with_cuda(&self.head, "head-cross-entropy", |ws, wl| {
+            super::cuda_fused::head_cross_entropy(storage, layout, ws, wl, &self.targets, self.label_smoothing)
+        })
+    }
 }
 
 /// Sum of the token cross-entropies of `hidden: (n, d)` under the frozen `head: (vocab, d)`
 /// against `targets: n` (`IGNORE_INDEX` skipped) → `()`. Gradient for `hidden` only.
 pub fn head_cross_entropy_sum(hidden: &Tensor, head: &Tensor, targets: &[i64], label_smoothing: f32) -> candle_core::Result<Tensor> {
-    if fused_ok(hidden) && fused_ok(head) {
+    let gpu = super::cpu_util::cuda_ok(hidden) && head.dtype() == hidden.dtype() && head.device().same_device(hidden.device());
+    if (fused_ok(hidden) && fused_ok(head)) || gpu {
         let op = HeadCrossEntropy {
             head: head.contiguous()?,
             targets: Arc::new(targets.to_vec()),

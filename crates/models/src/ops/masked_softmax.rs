@@ -26,6 +26,19 @@ impl AttentionMask {
         (!self.causal || k <= q + self.offset) && self.key_keep.as_ref().map(|kk| kk[b].get(k).copied().unwrap_or(1) != 0).unwrap_or(true)
     }
 
+    /// The padding as `(b, t_k)` bytes, 1 = a token, 0 = a padded key (the CUDA kernels' form).
+    pub fn keep_bytes(&self, b: usize, tk: usize) -> Vec<u8> {
+        let mut keep = vec![1u8; b * tk];
+        if let Some(kk) = &self.key_keep {
+            for (bi, row) in keep.chunks_mut(tk.max(1)).enumerate() {
+                for (k, v) in row.iter_mut().enumerate() {
+                    *v = u8::from(kk.get(bi).and_then(|r| r.get(k)).copied().unwrap_or(1) != 0);
+                }
+            }
+        }
+        keep
+    }
+
     /// The same mask as an additive tensor `(b, 1, 1, t_q, t_k)` (0 or the f32 minimum), for the
     /// composition path.
     pub fn additive(&self, b: usize, t_k: usize, device: &candle_core::Device) -> candle_core::Result<Tensor> {
@@ -117,15 +130,7 @@ impl CustomOp1 for MaskedSoftmax {
         if dims.len() != 4 {
             return Err(msg(format!("masked-softmax: expected (b, x, r, t_k), got {dims:?}")));
         }
-        let (b, tk) = (dims[0], dims[3]);
-        let mut keep = vec![1u8; b * tk];
-        if let Some(kk) = &self.mask.key_keep {
-            for (bi, row) in keep.chunks_mut(tk.max(1)).enumerate() {
-                for (k, v) in row.iter_mut().enumerate() {
-                    *v = u8::from(kk.get(bi).and_then(|r| r.get(k)).copied().unwrap_or(1) != 0);
-                }
-            }
-        }
+        let keep = self.mask.keep_bytes(dims[0], dims[3]);
         let y = super::cuda_kernels::masked_softmax_fwd(s, l, &keep, self.mask.t_q, self.mask.offset, self.mask.causal, self.scale)?;
         Ok((y, l.shape().clone()))
     }

@@ -124,6 +124,13 @@ impl CustomOp2 for SwiGluDown {
         dims[last] = d;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        swiglu_down_dims(l1, l2, &self.weight, "swiglu-down")?;
+        let weight = dense(&self.weight, "swiglu-down")?;
+        let (y, dims) = super::cuda_kernels::with_cuda(weight, "swiglu-down", |ws, wl| super::cuda_fused::swiglu_down_fwd(s1, l1, s2, l2, ws, wl))?;
+        Ok((y, Shape::from(dims)))
+    }
     fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
         let both = gate.apply_op3_no_bwd(up, &g, &SwiGluDownGrad { weight: self.weight.clone() })?;
@@ -145,12 +152,41 @@ impl CustomOp3 for SwiGluDownGrad {
         let ds = self.weight.with_f32("swiglu-down-grad", |w| frozen_product(g, w, (rows, f, d), (1, f as isize)))?;
         Ok(both_gradients(a, b, &ds, l1))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (rows, _, d) = swiglu_down_dims(l1, l2, &self.weight, "swiglu-down-grad")?;
+        if l3.shape().elem_count() != rows * d {
+            return Err(super::cpu_util::msg(format!("swiglu-down-grad: gradient {:?} for ({rows}, {d})", l3.dims())));
+        }
+        let weight = dense(&self.weight, "swiglu-down-grad")?;
+        let both = super::cuda_kernels::with_cuda(weight, "swiglu-down-grad", |ws, wl| super::cuda_fused::swiglu_down_bwd(s1, l1, s2, l2, s3, l3, ws, wl))?;
+        Ok((both, super::cuda_kernels::pair_shape(l1.dims())))
+    }
+}
+
+/// The dense tensor of a weight the GPU path multiplies with.
+#[cfg(feature = "cuda")]
+fn dense<'a>(w: &'a FrozenWeight, op: &str) -> candle_core::Result<&'a Tensor> {
+    match w {
+        FrozenWeight::Dense(t) => Ok(t),
+        _ => Err(super::cpu_util::msg(format!("{op}: a packed weight cannot be multiplied on the GPU"))),
+    }
 }
 
 /// `down(silu(gate) ⊙ up)` with a frozen `down: (d, f)`: `gate, up: (..., f) -> (..., d)`. Fused
-/// on CPU f32 (the SwiGLU product is never kept for the backward), the composition elsewhere.
+/// on CPU f32 and on the GPU (the SwiGLU product is never kept for the backward), the
+/// composition elsewhere.
 pub fn swiglu_down(gate: &Tensor, up: &Tensor, down: &FrozenWeight) -> candle_core::Result<Tensor> {
-    if fused_ok(gate) && fused_ok(up) && gate.shape() == up.shape() && down.dtype() == DType::F32 {
+    let gpu = cuda_ok(gate) && up.device().same_device(gate.device()) && up.dtype() == gate.dtype() && super::frozen_linear::gpu_ok(gate, down);
+    if ((fused_ok(gate) && fused_ok(up) && down.dtype() == DType::F32) || gpu) && gate.shape() == up.shape() {
         gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGluDown { weight: down.clone() })
     } else {
         frozen_weight_matmul(&swiglu(gate, up)?, down)
