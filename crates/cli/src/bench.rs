@@ -38,6 +38,9 @@ pub struct BenchGenerateArgs {
     /// Timed repetitions (after one warm-up).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Prompts decoded together (each its own random prompt of the same length).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// As `generate --engine`: `fast` (lowrank's CPU decoder where it applies) or `candle`.
     #[arg(long, value_enum, default_value = "fast")]
     engine: crate::common::Engine,
@@ -75,14 +78,15 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
         (None, false, None) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::PlainSite, &dev)?,
         (None, false, Some(dtype)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::quantized_linear::QuantizedSite { dtype }, &dev)?,
     };
+    anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
     let mut rng = lowrank_models::generate::SplitMix64(3);
-    let prompt: Vec<u32> = (0..a.prompt_tokens).map(|_| (rng.next_u64() % vocab) as u32).collect();
+    let prompts: Vec<Vec<u32>> = (0..a.batch).map(|_| (0..a.prompt_tokens).map(|_| (rng.next_u64() % vocab) as u32).collect()).collect();
     let params = lowrank_models::generate::SamplingParams { max_new_tokens: a.new_tokens, ignore_stop: true, ..Default::default() };
     let mut times = Vec::new();
     for i in 0..=a.repeats {
         let t = Instant::now();
-        let out = lowrank_models::generate::generate(&model, std::slice::from_ref(&prompt), &params, 0)?;
-        anyhow::ensure!(out[0].len() == a.new_tokens, "generated {} tokens", out[0].len());
+        let out = lowrank_models::generate::generate(&model, &prompts, &params, 0)?;
+        anyhow::ensure!(out.iter().all(|o| o.len() == a.new_tokens), "generated {} tokens", out[0].len());
         if i > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -91,9 +95,9 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
     let median = times[times.len() / 2];
     println!("{}", serde_json::json!({
         "bench": "generate", "model": a.model.display().to_string(), "device": device_name(&dev), "prompt_tokens": a.prompt_tokens,
-        "new_tokens": a.new_tokens, "adapter": if a.unmerged { "unmerged" } else { "merged" }, "quantize": a.quantize, "engine": engine,
+        "new_tokens": a.new_tokens, "batch": a.batch, "adapter": if a.unmerged { "unmerged" } else { "merged" }, "quantize": a.quantize, "engine": engine,
         "threads": candle_core::utils::get_num_threads(), "repeats": a.repeats,
-        "tokens_per_s": a.new_tokens as f64 / median, "seconds": median,
+        "tokens_per_s": (a.batch * a.new_tokens) as f64 / median, "seconds": median,
         "seconds_min": times[0], "seconds_max": times[times.len() - 1], "peak_rss_mib": peak_rss_mib(),
     }));
     Ok(())

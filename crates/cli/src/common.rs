@@ -59,7 +59,7 @@ static SELECTED_DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new()
 /// Chooses the device every command computes on, from `--device`: `cpu` (the default), `cuda` or
 /// `cuda:N`. Called once, before any command runs; a CUDA device is created once and shared, since
 /// candle treats two handles on the same GPU as different devices.
-pub fn select_device(spec: &str) -> Result<()> {
+pub fn select_device(spec: &str, tf32: bool) -> Result<()> {
     let dev = match spec {
         "cpu" => Device::Cpu,
         s if s == "cuda" || s.starts_with("cuda:") => {
@@ -71,11 +71,24 @@ pub fn select_device(spec: &str) -> Result<()> {
                 anyhow::bail!("--device {s}: this build of lowrank has no CUDA support (build one with `cargo build --release -p lowrank-cli --features cuda` or `scripts/build_cuda.sh`)");
             }
             let dev = Device::new_cuda(ordinal).with_context(|| format!("--device {s}: opening CUDA device {ordinal}"))?;
+            #[cfg(feature = "cuda")]
+            if let Device::Cuda(c) = &dev {
+                // lowrank computes on the device's one stream: the driver orders everything, so
+                // the two CUDA events cudarc would create (and destroy) for every buffer to
+                // synchronise streams are pure overhead (several driver calls per tensor).
+                // SAFETY: no buffer exists yet, and no second stream is ever created.
+                unsafe { c.disable_event_tracking() };
+            }
             lowrank_models::allocator::tune_gpu_allocator(&dev).with_context(|| format!("--device {s}"))?;
             dev
         }
         other => anyhow::bail!("unknown device `{other}` (cpu, cuda, cuda:N)"),
     };
+    if tf32 {
+        anyhow::ensure!(dev.is_cuda(), "--tf32 applies to the GPU's matrix products (--device cuda)");
+        #[cfg(feature = "cuda")]
+        candle_core::cuda_backend::set_gemm_reduced_precision_f32(true);
+    }
     let _ = SELECTED_DEVICE.set(dev);
     Ok(())
 }

@@ -23,6 +23,10 @@ struct Cli {
     /// Where to compute: cpu, or cuda / cuda:N in a build with `--features cuda`.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
+    /// On the GPU, compute f32 matrix products with TF32 tensor cores (inputs rounded to 10
+    /// mantissa bits, f32 accumulation), as PyTorch's `allow_tf32`; f32 elsewhere.
+    #[arg(long, global = true)]
+    tf32: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,7 +57,7 @@ fn main() {
     if let Some(n) = cli.threads.or_else(|| std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok())) {
         let _ = rayon_init(n);
     }
-    let result = common::select_device(&cli.device).and_then(|()| match cli.command {
+    let result = common::select_device(&cli.device, cli.tf32).and_then(|()| match cli.command {
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Merge(a) => merge::run(a),
