@@ -6,7 +6,7 @@
 #
 #   bash scripts/bench_gpu_compare.sh LOWRANK_BINARY MODEL.gguf OUT_DIR [ROUNDS]
 #
-# GPU_BENCH_RUNS ("targets dtype batch seq;...") and GPU_BENCH_GENERATE ("merged unmerged"; empty: none) pick
+# GPU_BENCH_RUNS ("targets dtype batch seq [tf32];...": tf32 runs both sides with TF32 f32 products) and GPU_BENCH_GENERATE ("merged unmerged"; empty: none) pick
 # the runs; GPU_BENCH_LABEL, GPU_BENCH_PYTORCH=0 and GPU_BENCH_APPEND=1 add a second build's runs
 # to the same results file. LOWRANK_BINARY: built with `cargo build --release -p lowrank-cli --features cuda` (CUDA toolkit
 # at build time). PyTorch, transformers, peft and gguf must import. Writes OUT_DIR/gpu_results.jsonl
@@ -55,17 +55,22 @@ for round in $(seq 1 "$rounds"); do
     IFS=';' read -ra entries <<<"$runs"
     for entry in "${entries[@]}"; do
         set -- $entry
-        targets=$1 dtype=$2 batch=$3 seq=$4
+        [ -z "${1:-}" ] && continue
+        targets=$1 dtype=$2 batch=$3 seq=$4 tf32=${5:-}
         steps=20; [ $((batch * seq)) -gt 2048 ] && steps=10
         tag="${targets%%,*}-$dtype-${batch}x$seq"
-        run "$label-$tag" "$round" "$bin" --device cuda bench train --model "$model" --batch "$batch" --seq "$seq" --targets "$targets" --dtype "$dtype" --steps $steps
-        [ "$with_pytorch" = 1 ] && run "pytorch-$tag" "$round" $py --steps $steps --batch "$batch" --seq "$seq" --targets "$targets" --dtype "$dtype"
+        ours=(); theirs=()
+        if [ "$tf32" = tf32 ]; then tag="$tag-tf32"; ours=(--tf32); theirs=(--tf32); fi
+        run "$label-$tag" "$round" "$bin" --device cuda "${ours[@]}" bench train --model "$model" --batch "$batch" --seq "$seq" --targets "$targets" --dtype "$dtype" --steps $steps
+        [ "$with_pytorch" = 1 ] && run "pytorch-$tag" "$round" $py --steps $steps --batch "$batch" --seq "$seq" --targets "$targets" --dtype "$dtype" "${theirs[@]}"
     done
     for adapter in ${GPU_BENCH_GENERATE-merged unmerged}; do
+      for gb in ${GPU_BENCH_GEN_BATCHES:-1}; do
         flag=""; [ $adapter = unmerged ] && flag="--unmerged"
         pflag=""; [ $adapter = merged ] && pflag="--merged"
-        run "$label-generate-$adapter" "$round" "$bin" --device cuda bench generate --model "$model" $flag --repeats 5
-        [ "$with_pytorch" = 1 ] && run "pytorch-generate-$adapter" "$round" $py --steps 5 --generate $pflag
+        run "$label-generate-$adapter-b$gb" "$round" "$bin" --device cuda bench generate --model "$model" $flag --repeats 5 --batch "$gb"
+        [ "$with_pytorch" = 1 ] && run "pytorch-generate-$adapter-b$gb" "$round" $py --steps 5 --generate $pflag --gen-batch "$gb"
+      done
     done
 done
 

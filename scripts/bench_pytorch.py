@@ -23,8 +23,10 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--merged", action="store_true", help="with --generate: merge the adapter first")
+    ap.add_argument("--gen-batch", type=int, default=1, help="with --generate: prompts decoded together")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="the base model's dtype (LoRA weights stay f32)")
+    ap.add_argument("--tf32", action="store_true", help="on the GPU: f32 matrix products in TF32 (torch.backends.cuda.matmul.allow_tf32)")
     a = ap.parse_args()
 
     import torch
@@ -32,6 +34,8 @@ def main():
     from peft import LoraConfig, get_peft_model
 
     torch.set_num_threads(a.threads)
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
     torch.manual_seed(0)
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     path = os.path.expanduser(a.model)
@@ -65,7 +69,7 @@ def main():
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(json.dumps({
         "bench": "train", "impl": f"pytorch {torch.__version__} + peft", "model": a.model,
-        "device": a.device, "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets, "dtype": a.dtype,
+        "device": a.device, "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets, "dtype": a.dtype, "tf32": a.tf32,
         "threads": a.threads, "steps": a.steps,
         "tokens_per_s": a.batch * a.seq / med, "step_ms": med * 1000,
         "step_ms_min": min(times) * 1000, "step_ms_max": max(times) * 1000,
@@ -90,7 +94,7 @@ def bench_generate(model, a, torch):
             torch.nn.init.constant_(p, 0.01)
     if a.merged:
         model = model.merge_and_unload()
-    ids = torch.randint(0, model.config.vocab_size, (1, a.prompt_tokens)).to(a.device)
+    ids = torch.randint(0, model.config.vocab_size, (a.gen_batch, a.prompt_tokens)).to(a.device)
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     times = []
     with torch.no_grad():
@@ -105,8 +109,8 @@ def bench_generate(model, a, torch):
     med = statistics.median(times)
     print(json.dumps({
         "bench": "generate", "impl": f"pytorch {torch.__version__} + peft", "model": a.model,
-        "device": a.device, "dtype": a.dtype, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "adapter": "merged" if a.merged else "unmerged",
-        "threads": a.threads, "repeats": a.steps, "tokens_per_s": a.new_tokens / med, "seconds": med,
+        "device": a.device, "dtype": a.dtype, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "batch": a.gen_batch, "adapter": "merged" if a.merged else "unmerged",
+        "threads": a.threads, "repeats": a.steps, "tokens_per_s": a.gen_batch * a.new_tokens / med, "seconds": med,
         "seconds_min": min(times), "seconds_max": max(times),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
