@@ -1,8 +1,8 @@
 //! `lowrank bench train`: median LoRA training-step time on synthetic tokens, as one JSON line.
 use crate::common::{device, peak_rss_mib, training_dtype};
 use anyhow::{Context, Result};
-use lowrank_models::{load_model_with, AnyModel, CausalLm};
-use lowrank_peft::{LoraAdapters, LoraConfig, LoraSite, TargetSpec};
+use lowrank_models::{load_model_with, model_layout, AnyModel, CausalLm, Hooks, PlainHook};
+use lowrank_peft::{Adapter, LoraAdapters, LoraConfig, TargetSpec};
 use lowrank_train::optim::{AdamW, AdamWParams};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -60,7 +60,7 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
     let fast = a.engine == crate::common::Engine::Fast;
     let mut loaded = load_model_with(&a.model, &dev, candle_core::DType::F32, fast).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
-    let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;
+    let adapters = LoraAdapters::init(&lcfg, &model_layout(&loaded.config)?.linear_modules(), &dev)?;
     for m in adapters.modules.values() {
         m.b.set(&(candle_core::Tensor::ones(m.b.dims(), candle_core::DType::F32, &dev)? * 0.01)?)?;
     }
@@ -69,14 +69,22 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
     if !a.unmerged {
         adapters.merge_into(&mut loaded.weights)?;
     }
-    let decoder = if fast { crate::common::cpu_decoder(&mut loaded, Some(&adapters).filter(|_| a.unmerged), quant, &dev, candle_core::DType::F32)? } else { None };
+    let unmerged: Option<&dyn Adapter> = if a.unmerged { Some(&adapters) } else { None };
+    let decoder = if fast { crate::common::cpu_decoder(&mut loaded, unmerged, quant, &dev, candle_core::DType::F32)? } else { None };
     let engine = if decoder.is_some() { "fast" } else { "candle" };
-    let model = match (decoder, a.unmerged, quant) {
-        (Some(m), _, _) => m,
-        (None, true, None) => AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?,
-        (None, true, Some(dtype)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_peft::QuantizedLoraSite { adapters: &adapters, dtype }, &dev)?,
-        (None, false, None) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::PlainSite, &dev)?,
-        (None, false, Some(dtype)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::quantized_linear::QuantizedSite { dtype }, &dev)?,
+    let model = match decoder {
+        Some(m) => m,
+        None => {
+            let quantized = quant.map(|dtype| lowrank_models::quantized_linear::QuantizedHook { dtype });
+            let mut hooks: Vec<&dyn lowrank_models::BuildHook> = vec![&PlainHook];
+            if let Some(q) = &quantized {
+                hooks.push(q);
+            }
+            if let Some(u) = unmerged {
+                hooks.push(u.hook());
+            }
+            AnyModel::new(&loaded.config, &loaded.weights, &Hooks(hooks), &dev)?
+        }
     };
     anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
     let mut rng = lowrank_models::generate::SplitMix64(3);
@@ -139,15 +147,15 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let dev = device();
     let loaded = load_model_with(&a.model, &dev, training_dtype(&a.dtype)?, !a.dequantize).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
-    let adapters = LoraAdapters::init(&lcfg, &loaded.config.linear_modules(), &dev)?;
-    let mut model = AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev)?;
+    let adapters = LoraAdapters::init(&lcfg, &model_layout(&loaded.config)?.linear_modules(), &dev)?;
+    let mut model = AnyModel::new(&loaded.config, &loaded.weights, &adapters, &dev)?;
     anyhow::ensure!(model.set_activation_checkpointing(a.checkpoint), "--checkpoint is only implemented for the Llama family");
     let vocab = loaded.config.vocab_size() as u64;
     let mut rng = lowrank_models::generate::SplitMix64(7);
     let ids: Vec<u32> = (0..a.batch * a.seq).map(|_| (rng.next_u64() % vocab) as u32).collect();
     let labels: Vec<Vec<i64>> = ids.chunks(a.seq).map(|r| r.iter().map(|&x| x as i64).collect()).collect();
     let input = candle_core::Tensor::from_vec(ids, (a.batch, a.seq), &dev)?;
-    let vars = adapters.named_vars();
+    let vars = Adapter::named_vars(&adapters);
     let var_list: Vec<candle_core::Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(vars.clone(), AdamWParams { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
     let mut times = Vec::new();

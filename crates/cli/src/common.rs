@@ -2,8 +2,8 @@
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use candle_core::quantized::GgmlDType;
-use lowrank_models::{load_model_with, AnyModel, CausalLm, LoadedModel, PlainSite, TextTokenizer};
-use lowrank_peft::{load_adapter, LoraAdapters, LoraSite};
+use lowrank_models::{load_model_with, model_layout, AnyModel, CausalLm, Hooks, LoadedModel, PlainHook, TextTokenizer};
+use lowrank_peft::{load_adapter, Adapter};
 use std::path::Path;
 
 /// When `cfg` names no targets (or Llama's default), PEFT's default for the model's family:
@@ -32,23 +32,6 @@ pub fn compute_dtype(s: &str) -> Result<DType> {
     let d = parse_dtype(s)?;
     if d == DType::BF16 && device().is_cpu() {
         eprintln!("lowrank: warning: bf16 inference has no CPU kernel; computing in f32");
-        return Ok(DType::F32);
-    }
-    Ok(d)
-}
-
-/// The dtype a training run's model is loaded in, from a `dtype` setting. bf16 on the CPU keeps
-/// the model in f32 and switches this thread's products with the frozen weights to bf16
-/// (AVX512-BF16, [`lowrank_models::ops::bf16_gemm`]): the autocast split, with activations,
-/// adapters and optimizer state in f32. A CPU without AVX512-BF16 computes in f32, with a warning.
-pub fn training_dtype(s: &str) -> Result<DType> {
-    let d = parse_dtype(s)?;
-    if d == DType::BF16 && device().is_cpu() {
-        if lowrank_models::ops::bf16_gemm::set_bf16_products(true) {
-            eprintln!("lowrank: bf16 on the CPU: products with the frozen weights in bf16 (AVX512-BF16); activations, adapters and optimizer state in f32");
-        } else {
-            eprintln!("lowrank: warning: bf16 on the CPU needs AVX512-BF16, which this CPU lacks; computing in f32 (adapters and optimizer state are f32 either way)");
-        }
         return Ok(DType::F32);
     }
     Ok(d)
@@ -98,28 +81,16 @@ pub fn device() -> Device {
     SELECTED_DEVICE.get().cloned().unwrap_or(Device::Cpu)
 }
 
-/// `1234567` → `1,234,567`.
-pub fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use lowrank_train::run::{thousands, trainable_line};
 
-/// PEFT's `print_trainable_parameters` line.
-pub fn trainable_line(trainable: usize, base: usize) -> String {
-    let all = trainable + base;
-    format!(
-        "trainable params: {} || all params: {} || trainable%: {:.4}",
-        thousands(trainable),
-        thousands(all),
-        100.0 * trainable as f64 / all.max(1) as f64
-    )
+/// The dtype a training run (or `bench train`) loads the model in: [`lowrank_train::run::training_dtype`],
+/// its note printed.
+pub fn training_dtype(s: &str) -> Result<DType> {
+    let (d, note) = lowrank_train::run::training_dtype(s, &device())?;
+    if let Some(n) = note {
+        eprintln!("lowrank: {n}");
+    }
+    Ok(d)
 }
 
 /// A model ready for inference, with an adapter merged (default) or attached.
@@ -127,7 +98,7 @@ pub struct Ready {
     pub loaded: LoadedModel,
     pub model: AnyModel,
     #[allow(dead_code)]
-    pub adapters: Option<LoraAdapters>,
+    pub adapter: Option<Box<dyn Adapter>>,
 }
 
 /// Which code decodes on the CPU.
@@ -145,13 +116,14 @@ pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dty
     // For the CPU decoder a GGUF's block-quantized weights stay packed and are read as stored.
     let keep_packed = engine == Engine::Fast && dev.is_cpu() && dtype == DType::F32;
     let mut loaded = load_model_with(model, &dev, dtype, keep_packed).with_context(|| format!("loading model {}", model.display()))?;
-    let adapters = match adapter {
+    let adapter = match adapter {
         Some(dir) => {
-            let a = load_adapter(dir, &loaded.config.linear_modules(), &dev).with_context(|| format!("loading adapter {}", dir.display()))?;
+            let layout = model_layout(&loaded.config)?;
+            let a = load_adapter(dir, &layout, &dev).with_context(|| format!("loading adapter {}", dir.display()))?;
             for w in &a.warnings {
                 eprintln!("lowrank: warning: {w}");
             }
-            Some(a.adapters)
+            Some(a.adapter)
         }
         None => None,
     };
@@ -159,29 +131,32 @@ pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dty
     // (the step between 4-bit levels is larger than most of B·A's entries): with `--quantize`
     // the adapter stays an f32 branch beside the quantized base.
     let merge = merge && quant.is_none();
-    if let (Some(a), true) = (&adapters, merge) {
+    if let (Some(a), true) = (&adapter, merge) {
         a.merge_into(&mut loaded.weights)?;
     }
-    let unmerged = adapters.as_ref().filter(|_| !merge);
+    let unmerged = adapter.as_deref().filter(|_| !merge);
     if engine == Engine::Fast {
         if let Some(model) = cpu_decoder(&mut loaded, unmerged, quant, &dev, dtype)? {
-            return Ok(Ready { loaded, model, adapters });
+            return Ok(Ready { loaded, model, adapter });
         }
     }
-    let model = match (unmerged, quant) {
-        (Some(a), None) => AnyModel::new(&loaded.config, &loaded.weights, &LoraSite { adapters: a, dropout: 0.0 }, &dev)?,
-        (Some(a), Some(q)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_peft::QuantizedLoraSite { adapters: a, dtype: q }, &dev)?,
-        (None, None) => AnyModel::new(&loaded.config, &loaded.weights, &PlainSite, &dev)?,
-        (None, Some(q)) => AnyModel::new(&loaded.config, &loaded.weights, &lowrank_models::quantized_linear::QuantizedSite { dtype: q }, &dev)?,
-    };
-    Ok(Ready { loaded, model, adapters })
+    let quantized = quant.map(|dtype| lowrank_models::quantized_linear::QuantizedHook { dtype });
+    let mut hooks: Vec<&dyn lowrank_models::BuildHook> = vec![&PlainHook];
+    if let Some(q) = &quantized {
+        hooks.push(q);
+    }
+    if let Some(a) = unmerged {
+        hooks.push(a.hook());
+    }
+    let model = AnyModel::new(&loaded.config, &loaded.weights, &Hooks(hooks), &dev)?;
+    Ok(Ready { loaded, model, adapter })
 }
 
 /// The CPU decoder for a Llama-family model on the CPU in f32 (weights as loaded, or quantized
 /// to Q4_0 / Q4_1 / Q8_0), with unmerged adapters as branches; `None` where it does not apply
 /// (another family or device, bf16, other formats), and the candle model decodes. The dense
 /// weights it copied are released from `loaded`.
-pub fn cpu_decoder(loaded: &mut LoadedModel, unmerged: Option<&LoraAdapters>, quant: Option<GgmlDType>, dev: &Device, dtype: DType) -> Result<Option<AnyModel>> {
+pub fn cpu_decoder(loaded: &mut LoadedModel, unmerged: Option<&dyn Adapter>, quant: Option<GgmlDType>, dev: &Device, dtype: DType) -> Result<Option<AnyModel>> {
     use lowrank_models::fast_decode::{DecodeFormat, LlamaDecoder};
     let lowrank_models::ModelConfig::Llama(cfg) = &loaded.config else { return Ok(None) };
     if !dev.is_cpu() || dtype != DType::F32 {

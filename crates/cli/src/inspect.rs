@@ -115,7 +115,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     if let Some(spec) = &a.lora {
         let mut lcfg = parse_lora_spec(spec)?;
         crate::common::family_default_targets(&mut lcfg, &config);
-        let adapters = LoraAdapters::init(&lcfg, &config.linear_modules(), &candle_core::Device::Cpu)?;
+        let adapters = LoraAdapters::init(&lcfg, &lowrank_models::model_layout(&config)?.linear_modules(), &candle_core::Device::Cpu)?;
         println!("LoRA r={} alpha={} on {} modules", lcfg.r, lcfg.alpha, adapters.modules.len());
         println!("{}", trainable_line(adapters.trainable_parameters(), total));
     }

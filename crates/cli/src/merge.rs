@@ -3,7 +3,7 @@
 use crate::common::{device, parse_dtype};
 use anyhow::{Context, Result};
 use lowrank_models::weights::{write_atomic, write_safetensors};
-use lowrank_models::{load_model, ModelSource};
+use lowrank_models::{load_model, model_layout, ModelSource};
 use lowrank_peft::load_adapter;
 use std::path::PathBuf;
 
@@ -29,11 +29,13 @@ pub fn run(a: MergeArgs) -> Result<()> {
     }
     let dev = device();
     let mut loaded = load_model(&a.model, &dev, candle_core::DType::F32).with_context(|| format!("loading model {}", a.model.display()))?;
-    let adapter = load_adapter(&a.adapter, &loaded.config.linear_modules(), &dev).with_context(|| format!("loading adapter {}", a.adapter.display()))?;
-    for w in &adapter.warnings {
+    let layout = model_layout(&loaded.config)?;
+    let loaded_adapter = load_adapter(&a.adapter, &layout, &dev).with_context(|| format!("loading adapter {}", a.adapter.display()))?;
+    for w in &loaded_adapter.warnings {
         eprintln!("lowrank: warning: {w}");
     }
-    adapter.adapters.merge_into(&mut loaded.weights)?;
+    let adapter = loaded_adapter.adapter;
+    adapter.merge_into(&mut loaded.weights).with_context(|| format!("merging {}", a.adapter.display()))?;
     let out_dtype = parse_dtype(&a.dtype)?;
     let name = a.output.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "merged".into());
     let tmp = a.output.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
@@ -74,6 +76,6 @@ pub fn run(a: MergeArgs) -> Result<()> {
         std::fs::remove_dir_all(&a.output).with_context(|| format!("removing {}", a.output.display()))?;
     }
     std::fs::rename(&tmp, &a.output).with_context(|| format!("moving the merged model to {}", a.output.display()))?;
-    eprintln!("merged {} LoRA modules into {}", adapter.adapters.modules.len(), a.output.display());
+    eprintln!("merged {} into {}", adapter.describe(), a.output.display());
     Ok(())
 }

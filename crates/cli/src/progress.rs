@@ -43,6 +43,8 @@ impl Observer for Bar {
     }
 
     fn note(&mut self, msg: &str) {
+        // Warnings carry the tool's name, as every other message it prints to the user.
+        let msg = if msg.starts_with("warning:") { format!("lowrank: {msg}") } else { msg.to_string() };
         match &self.bar {
             Some(b) => b.println(msg),
             None => eprintln!("{msg}"),

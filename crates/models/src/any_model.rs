@@ -3,12 +3,20 @@ use crate::causal_lm::CausalLm;
 use crate::error::Result;
 use crate::gpt2::Gpt2;
 use crate::kv_cache::KvCache;
-use crate::linear_site::LinearSite;
+use crate::hooks::{BuildHook, ModelLayout, RecordingHook};
 use crate::llama::Llama;
 use crate::model_config::ModelConfig;
 use crate::t5::T5;
 use crate::weights::Weights;
 use candle_core::{Device, Tensor, Var};
+
+/// The modules of a model of `config`, read off the model itself: it is built once over
+/// shape-only weights (no memory) with a [`RecordingHook`]. The one list of a family's modules.
+pub fn model_layout(config: &ModelConfig) -> Result<ModelLayout> {
+    let recorder = RecordingHook::default();
+    AnyModel::new(config, &Weights::shapes_only(), &recorder, &Device::Cpu)?;
+    Ok(recorder.layout())
+}
 
 /// A built model of any supported family.
 pub enum AnyModel {
@@ -20,12 +28,12 @@ pub enum AnyModel {
 }
 
 impl AnyModel {
-    /// Builds the model of `config`'s family; every linear layer goes through `site`.
-    pub fn new(config: &ModelConfig, weights: &Weights, site: &dyn LinearSite, device: &Device) -> Result<Self> {
+    /// Builds the model of `config`'s family; every linear layer and norm goes through `hook`.
+    pub fn new(config: &ModelConfig, weights: &Weights, hook: &dyn BuildHook, device: &Device) -> Result<Self> {
         Ok(match config {
-            ModelConfig::Llama(c) => AnyModel::Llama(Llama::new(c, weights, site, device)?),
-            ModelConfig::Gpt2(c) => AnyModel::Gpt2(Gpt2::new(c, weights, site, device)?),
-            ModelConfig::T5(c) => AnyModel::T5(T5::new(c, weights, site, device)?),
+            ModelConfig::Llama(c) => AnyModel::Llama(Llama::new(c, weights, hook, device)?),
+            ModelConfig::Gpt2(c) => AnyModel::Gpt2(Gpt2::new(c, weights, hook, device)?),
+            ModelConfig::T5(c) => AnyModel::T5(T5::new(c, weights, hook, device)?),
         })
     }
 

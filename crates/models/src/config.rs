@@ -196,22 +196,4 @@ impl LlamaConfig {
         }
         v
     }
-
-    /// `(path, d_in, d_out)` for every adaptable linear layer, in model order (lm_head excluded).
-    pub fn linear_modules(&self) -> Vec<(String, usize, usize)> {
-        let (d, hd) = (self.hidden_size, self.head_dim);
-        let (q, kv, ff) = (self.num_attention_heads * hd, self.num_key_value_heads * hd, self.intermediate_size);
-        let mut out = Vec::new();
-        for i in 0..self.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj"), d, q));
-            out.push((format!("{p}.self_attn.k_proj"), d, kv));
-            out.push((format!("{p}.self_attn.v_proj"), d, kv));
-            out.push((format!("{p}.self_attn.o_proj"), q, d));
-            out.push((format!("{p}.mlp.gate_proj"), d, ff));
-            out.push((format!("{p}.mlp.up_proj"), d, ff));
-            out.push((format!("{p}.mlp.down_proj"), ff, d));
-        }
-        out
-    }
 }

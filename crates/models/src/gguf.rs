@@ -140,7 +140,7 @@ impl GgufFile {
             }
             tensors.insert(hf, t.to_dtype(dtype)?.to_device(device)?);
         }
-        Ok(Weights { tensors, packed, source: self.path.display().to_string() })
+        Ok(Weights { tensors, packed, source: self.path.display().to_string(), shapes_only: false })
     }
 
     /// Rebuilds the byte-level BPE tokenizer stored in the metadata (`tokenizer.ggml.*`).

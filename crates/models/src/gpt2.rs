@@ -6,34 +6,19 @@ use crate::causal_lm::CausalLm;
 use crate::error::{ModelError, Result};
 use crate::gpt2_config::Gpt2Config;
 use crate::kv_cache::KvCache;
-use crate::linear_site::{BaseLinear, LinearLayer, LinearSite};
+use crate::hooks::{BuildHook, LinearLayer, ModuleBuilder, NormKind, NormLayer, NormRole, Role};
 use crate::ops::attention_core::attention_core;
 use crate::ops::heads::to_heads;
 use crate::ops::{frozen_matmul, AttentionMask};
 use crate::weights::Weights;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
-/// LayerNorm with weight and bias over the last dimension (differentiable composition).
-/// `x: (..., d) -> (..., d)`.
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok(normed.broadcast_mul(weight)?.broadcast_add(bias)?)
-}
-
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-}
-
 struct Block {
-    ln_1: Norm,
+    ln_1: Arc<dyn NormLayer>,
     c_attn: Arc<dyn LinearLayer>,
     attn_c_proj: Arc<dyn LinearLayer>,
-    ln_2: Norm,
+    ln_2: Arc<dyn NormLayer>,
     c_fc: Arc<dyn LinearLayer>,
     mlp_c_proj: Arc<dyn LinearLayer>,
 }
@@ -44,7 +29,7 @@ pub struct Gpt2 {
     wte: Tensor,
     wpe: Tensor,
     blocks: Vec<Block>,
-    ln_f: Norm,
+    ln_f: Arc<dyn NormLayer>,
 }
 
 /// Position of every token of `mask: (b, t_total)` (1 = token) in columns `from..from + t`: the
@@ -65,31 +50,27 @@ fn positions_from_mask(mask: &[Vec<u32>], from: usize, t: usize) -> Vec<u32> {
 }
 
 impl Gpt2 {
-    /// Builds the model from `weights`; every linear layer goes through `site`.
-    pub fn new(config: &Gpt2Config, weights: &Weights, site: &dyn LinearSite, _device: &Device) -> Result<Self> {
+    /// Builds the model from `weights`; every linear layer and norm goes through `hook`.
+    pub fn new(config: &Gpt2Config, weights: &Weights, hook: &dyn BuildHook, _device: &Device) -> Result<Self> {
         let c = config;
-        let (d, ff) = (c.n_embd, c.n_inner);
+        let (d, ff, eps) = (c.n_embd, c.n_inner, c.layer_norm_epsilon);
         let wte = weights.get("transformer.wte.weight", &[c.vocab_size, d])?;
         let wpe = weights.get("transformer.wpe.weight", &[c.n_positions, d])?;
-        let norm = |p: String| -> Result<Norm> { Ok(Norm { weight: weights.get(&format!("{p}.weight"), &[d])?, bias: weights.get(&format!("{p}.bias"), &[d])? }) };
-        let linear = |path: String, d_in: usize, d_out: usize| -> Result<Arc<dyn LinearLayer>> {
-            let weight = weights.frozen(&format!("{path}.weight"), &[d_out, d_in])?;
-            let bias = Some(weights.get(&format!("{path}.bias"), &[d_out])?);
-            site.build(BaseLinear { path, weight, bias })
-        };
+        let m = ModuleBuilder { weights, hook };
         let mut blocks = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let p = format!("transformer.h.{i}");
             blocks.push(Block {
-                ln_1: norm(format!("{p}.ln_1"))?,
-                c_attn: linear(format!("{p}.attn.c_attn"), d, 3 * d)?,
-                attn_c_proj: linear(format!("{p}.attn.c_proj"), d, d)?,
-                ln_2: norm(format!("{p}.ln_2"))?,
-                c_fc: linear(format!("{p}.mlp.c_fc"), d, ff)?,
-                mlp_c_proj: linear(format!("{p}.mlp.c_proj"), ff, d)?,
+                ln_1: m.norm(format!("{p}.ln_1"), NormRole::Attention, NormKind::Layer, d, eps)?,
+                c_attn: m.linear(format!("{p}.attn.c_attn"), Role::FusedQkv, d, 3 * d, true)?,
+                attn_c_proj: m.linear(format!("{p}.attn.c_proj"), Role::AttentionOutput, d, d, true)?,
+                ln_2: m.norm(format!("{p}.ln_2"), NormRole::FeedForward, NormKind::Layer, d, eps)?,
+                c_fc: m.linear(format!("{p}.mlp.c_fc"), Role::FfnUp, d, ff, true)?,
+                mlp_c_proj: m.linear(format!("{p}.mlp.c_proj"), Role::FfnDown, ff, d, true)?,
             });
         }
-        Ok(Self { config: c.clone(), wte, wpe, blocks, ln_f: norm("transformer.ln_f".into())? })
+        let ln_f = m.norm("transformer.ln_f".into(), NormRole::Final, NormKind::Layer, d, eps)?;
+        Ok(Self { config: c.clone(), wte, wpe, blocks, ln_f })
     }
 
     pub fn device(&self) -> &Device {
@@ -131,15 +112,15 @@ impl Gpt2 {
             }
         }
         for (li, blk) in self.blocks.iter().enumerate() {
-            let x = layer_norm(&h, &blk.ln_1.weight, &blk.ln_1.bias, c.layer_norm_epsilon)?;
+            let x = blk.ln_1.forward(&h)?;
             let slot = cache.as_mut().map(|k| &mut k.layers[li]);
             let a = self.attention(blk, &x, &mask, train, slot)?;
             h = (h + a)?;
-            let x = layer_norm(&h, &blk.ln_2.weight, &blk.ln_2.bias, c.layer_norm_epsilon)?;
+            let x = blk.ln_2.forward(&h)?;
             let m = blk.mlp_c_proj.forward_t(&blk.c_fc.forward_t(&x, train)?.gelu()?, train)?;
             h = (h + m)?;
         }
-        layer_norm(&h, &self.ln_f.weight, &self.ln_f.bias, c.layer_norm_epsilon)
+        Ok(self.ln_f.forward(&h)?)
     }
 
     /// Causal self-attention over the fused projection: `x: (b, t, d) -> (b, t, d)`.
@@ -151,15 +132,7 @@ impl Gpt2 {
         // (b, t, d) -> (b, nh, t, hd) each.
         let split = |i: usize| -> Result<Tensor> { Ok(to_heads(&qkv.narrow(2, i * d, d)?.contiguous()?, nh, None)?) };
         let q = split(0)?;
-        let mut k = split(1)?;
-        let mut v = split(2)?;
-        if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
-        }
+        let (k, v) = crate::kv_cache::extend_kv(cache, split(1)?, split(2)?)?;
         let ctx = attention_core(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt())?; // (b, t, d)
         Ok(blk.attn_c_proj.forward_t(&ctx, train)?)
     }

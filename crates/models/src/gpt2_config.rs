@@ -23,16 +23,6 @@ pub struct Gpt2Config {
     pub raw: Value,
 }
 
-/// The Conv1D layers of block `i`, whose checkpoint weights are stored `(d_in, d_out)`.
-pub fn gpt2_conv1d_paths(i: usize) -> [String; 4] {
-    let p = format!("transformer.h.{i}");
-    [format!("{p}.attn.c_attn"), format!("{p}.attn.c_proj"), format!("{p}.mlp.c_fc"), format!("{p}.mlp.c_proj")]
-}
-
-/// The parts of the fused `c_attn` output, as virtual module names under it: `c_attn.q`,
-/// `c_attn.k`, `c_attn.v` (the LoRA paper adapts q and v separately inside `c_attn`).
-pub const FUSED_QKV_PARTS: [&str; 3] = ["q", "k", "v"];
-
 impl Gpt2Config {
     pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
         let k = Keys { path, v };
@@ -72,29 +62,4 @@ impl Gpt2Config {
         self.n_embd / self.n_head
     }
 
-    /// Names of the weights stored transposed (Conv1D) in a checkpoint.
-    pub fn conv1d_weight_names(&self) -> Vec<String> {
-        (0..self.n_layer).flat_map(|i| gpt2_conv1d_paths(i).into_iter().map(|p| format!("{p}.weight"))).collect()
-    }
-
-    /// `(path, d_in, d_out)` of every adaptable linear layer, in model order, followed by the
-    /// virtual q/k/v parts of each fused `c_attn` (`transformer.h.{i}.attn.c_attn.q`, `(d, d)`).
-    pub fn linear_modules(&self) -> Vec<(String, usize, usize)> {
-        let (d, ff) = (self.n_embd, self.n_inner);
-        let mut out = Vec::new();
-        for i in 0..self.n_layer {
-            let [c_attn, c_proj, c_fc, mlp_proj] = gpt2_conv1d_paths(i);
-            out.push((c_attn, d, 3 * d));
-            out.push((c_proj, d, d));
-            out.push((c_fc, d, ff));
-            out.push((mlp_proj, ff, d));
-        }
-        for i in 0..self.n_layer {
-            let c_attn = format!("transformer.h.{i}.attn.c_attn");
-            for part in FUSED_QKV_PARTS {
-                out.push((format!("{c_attn}.{part}"), d, d));
-            }
-        }
-        out
-    }
 }

@@ -3,6 +3,20 @@
 //! keys/values (computed once per prompt).
 use candle_core::Tensor;
 
+/// The keys and values a self-attention layer attends over, `(b, kv_heads, t_k, head_dim)` each:
+/// the layer's cached positions (when decoding with a cache) followed by the new ones
+/// `k, v: (b, kv_heads, t, head_dim)`; the slot is updated to hold them all. The one place every
+/// family extends its keys and values.
+pub fn extend_kv(slot: Option<&mut Option<(Tensor, Tensor)>>, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let Some(slot) = slot else { return Ok((k, v)) };
+    let (k, v) = match slot.as_ref() {
+        Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+        None => (k, v),
+    };
+    *slot = Some((k.clone(), v.clone()));
+    Ok((k, v))
+}
+
 /// The encoder side of an encoder–decoder model during decoding.
 #[derive(Clone)]
 pub struct EncoderState {

@@ -2,8 +2,7 @@
 //! a pure function of its inputs; module paths are the Hugging Face parameter names.
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::Result;
-use crate::linear_site::{BaseLinear, LinearLayer, LinearSite};
-use crate::ops::rms_norm::rms_norm;
+use crate::hooks::{BuildHook, LinearLayer, ModuleBuilder, NormKind, NormLayer, NormRole, Role};
 use crate::ops::attention_core::attention_core;
 use crate::ops::heads::to_heads;
 use crate::ops::swiglu::{swiglu, swiglu_down};
@@ -27,9 +26,9 @@ struct Mlp {
 }
 
 struct DecoderLayer {
-    input_layernorm: Tensor,
+    input_layernorm: Arc<dyn NormLayer>,
     self_attn: Attention,
-    post_attention_layernorm: Tensor,
+    post_attention_layernorm: Arc<dyn NormLayer>,
     mlp: Mlp,
 }
 
@@ -40,10 +39,10 @@ pub struct Llama {
     pub activation_checkpointing: bool,
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
-    norm: Tensor,
+    norm: Arc<dyn NormLayer>,
     /// `(vocab, hidden)`: `lm_head.weight`, or the embedding matrix when tied.
     lm_head: Tensor,
-    /// The same head as a layer built through the site (quantized for fast decoding), for
+    /// The same head as a layer built through the hook (quantized for fast decoding), for
     /// inference logits; the training loss uses `lm_head` directly.
     head: Arc<dyn LinearLayer>,
     /// `(max_pos, head_dim)` each.
@@ -78,38 +77,35 @@ pub(crate) fn inv_freqs(cfg: &LlamaConfig) -> Vec<f64> {
 }
 
 impl Llama {
-    /// Builds the model from `weights`; every linear layer goes through `site`.
-    pub fn new(config: &LlamaConfig, weights: &Weights, site: &dyn LinearSite, device: &Device) -> Result<Self> {
+    /// Builds the model from `weights`; every linear layer and norm goes through `hook`.
+    pub fn new(config: &LlamaConfig, weights: &Weights, hook: &dyn BuildHook, device: &Device) -> Result<Self> {
         let cfg = config;
         let (d, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
         let embed_tokens = weights.get("model.embed_tokens.weight", &[v, d])?;
-        let linear = |path: String, d_in: usize, d_out: usize, bias: bool| -> Result<Arc<dyn LinearLayer>> {
-            let weight = weights.frozen(&format!("{path}.weight"), &[d_out, d_in])?;
-            let bias = if bias { Some(weights.get(&format!("{path}.bias"), &[d_out])?) } else { None };
-            site.build(BaseLinear { path, weight, bias })
-        };
+        let m = ModuleBuilder { weights, hook };
+        let eps = cfg.rms_norm_eps;
         let (qd, kvd, ff) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd, cfg.intermediate_size);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let b = cfg.attention_bias;
             layers.push(DecoderLayer {
-                input_layernorm: weights.get(&format!("{p}.input_layernorm.weight"), &[d])?,
+                input_layernorm: m.norm(format!("{p}.input_layernorm"), NormRole::Attention, NormKind::Rms, d, eps)?,
                 self_attn: Attention {
-                    q_proj: linear(format!("{p}.self_attn.q_proj"), d, qd, b)?,
-                    k_proj: linear(format!("{p}.self_attn.k_proj"), d, kvd, b)?,
-                    v_proj: linear(format!("{p}.self_attn.v_proj"), d, kvd, b)?,
-                    o_proj: linear(format!("{p}.self_attn.o_proj"), qd, d, false)?,
+                    q_proj: m.linear(format!("{p}.self_attn.q_proj"), Role::Query, d, qd, b)?,
+                    k_proj: m.linear(format!("{p}.self_attn.k_proj"), Role::Key, d, kvd, b)?,
+                    v_proj: m.linear(format!("{p}.self_attn.v_proj"), Role::Value, d, kvd, b)?,
+                    o_proj: m.linear(format!("{p}.self_attn.o_proj"), Role::AttentionOutput, qd, d, false)?,
                 },
-                post_attention_layernorm: weights.get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                post_attention_layernorm: m.norm(format!("{p}.post_attention_layernorm"), NormRole::FeedForward, NormKind::Rms, d, eps)?,
                 mlp: Mlp {
-                    gate_proj: linear(format!("{p}.mlp.gate_proj"), d, ff, false)?,
-                    up_proj: linear(format!("{p}.mlp.up_proj"), d, ff, false)?,
-                    down_proj: linear(format!("{p}.mlp.down_proj"), ff, d, false)?,
+                    gate_proj: m.linear(format!("{p}.mlp.gate_proj"), Role::FfnGate, d, ff, false)?,
+                    up_proj: m.linear(format!("{p}.mlp.up_proj"), Role::FfnUp, d, ff, false)?,
+                    down_proj: m.linear(format!("{p}.mlp.down_proj"), Role::FfnDown, ff, d, false)?,
                 },
             });
         }
-        let norm = weights.get("model.norm.weight", &[d])?;
+        let norm = m.norm("model.norm".into(), NormRole::Final, NormKind::Rms, d, eps)?;
         let lm_head = if weights.contains("lm_head.weight") && !cfg.tie_word_embeddings {
             weights.get("lm_head.weight", &[v, d])?
         } else {
@@ -122,7 +118,7 @@ impl Llama {
         let freqs = pos.broadcast_mul(&inv)?;
         let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
         let dtype = embed_tokens.dtype();
-        let head = site.build(BaseLinear { path: "lm_head".into(), weight: lm_head.clone().into(), bias: None })?;
+        let head = m.head(lm_head.clone())?;
         Ok(Self {
             activation_checkpointing: false,
             head,
@@ -192,11 +188,10 @@ impl Llama {
     /// One decoder layer: `h: (b, t, hidden) -> (b, t, hidden)`.
     #[allow(clippy::too_many_arguments)]
     fn decoder_layer(&self, layer: &DecoderLayer, h: Tensor, mask: &AttentionMask, cos: &Tensor, sin: &Tensor, train: bool, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
-        let eps = self.config.rms_norm_eps;
-        let x = rms_norm(&h, &layer.input_layernorm, eps)?;
+        let x = layer.input_layernorm.forward(&h)?;
         let a = self.attention(&layer.self_attn, &x, mask, cos, sin, train, cache)?;
         let h = (h + a)?;
-        let x = rms_norm(&h, &layer.post_attention_layernorm, eps)?;
+        let x = layer.post_attention_layernorm.forward(&h)?;
         let gate = layer.mlp.gate_proj.forward_t(&x, train)?;
         let up = layer.mlp.up_proj.forward_t(&x, train)?;
         let m = match layer.mlp.down_proj.as_frozen() {
@@ -219,7 +214,7 @@ impl Llama {
             });
             h = self.decoder_layer(layer, h, &mask, &cos, &sin, train, layer_cache)?;
         }
-        Ok(rms_norm(&h, &self.norm, self.config.rms_norm_eps)?)
+        Ok(self.norm.forward(&h)?)
     }
 
     /// The training loss and the gradients of `vars` with activation checkpointing: the forward
@@ -237,7 +232,7 @@ impl Llama {
             h = self.decoder_layer(layer, h, &mask, &cos, &sin, true, None)?.detach();
         }
         let top = Var::from_tensor(&h)?;
-        let normed = rms_norm(top.as_tensor(), &self.norm, self.config.rms_norm_eps)?;
+        let normed = self.norm.forward(top.as_tensor())?;
         let (sum, n) = crate::causal_loss::shifted_loss_sum(&normed, &self.lm_head, labels, label_smoothing)?;
         let scaled = (sum * scale)?;
         let value = scaled.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -246,11 +241,9 @@ impl Llama {
             return Ok((value, n, grads));
         }
         let missing = || crate::error::ModelError::Invalid("activation checkpointing: no gradient reached a layer input".into());
-        let mut g = scaled.backward()?.get(top.as_tensor()).ok_or_else(missing)?.detach();
-        for (li, layer) in self.layers.iter().enumerate().rev() {
-            let x = Var::from_tensor(&inputs[li])?;
-            let out = self.decoder_layer(layer, x.as_tensor().clone(), &mask, &cos, &sin, true, None)?;
-            let store = (out * &g)?.sum_all()?.backward()?;
+        // Every part's gradients of `vars` add up: the top (the final norm may train) and each
+        // recomputed layer.
+        let collect = |grads: &mut Vec<Option<Tensor>>, store: &candle_core::backprop::GradStore| -> Result<()> {
             for (slot, v) in grads.iter_mut().zip(vars) {
                 if let Some(gv) = store.get(v.as_tensor()) {
                     let gv = gv.detach();
@@ -260,6 +253,17 @@ impl Llama {
                     });
                 }
             }
+            Ok(())
+        };
+        let top_store = scaled.backward()?;
+        collect(&mut grads, &top_store)?;
+        let mut g = top_store.get(top.as_tensor()).ok_or_else(missing)?.detach();
+        drop(top_store);
+        for (li, layer) in self.layers.iter().enumerate().rev() {
+            let x = Var::from_tensor(&inputs[li])?;
+            let out = self.decoder_layer(layer, x.as_tensor().clone(), &mask, &cos, &sin, true, None)?;
+            let store = (out * &g)?.sum_all()?.backward()?;
+            collect(&mut grads, &store)?;
             if li > 0 {
                 g = store.get(x.as_tensor()).ok_or_else(missing)?.detach();
             }
@@ -284,15 +288,9 @@ impl Llama {
         let (h, kvh, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         // (b, t, heads·hd) -> (b, heads, t, hd), q and k rotated on the way.
         let q = to_heads(&attn.q_proj.forward_t(x, train)?, h, Some((cos, sin)))?;
-        let mut k = to_heads(&attn.k_proj.forward_t(x, train)?, kvh, Some((cos, sin)))?;
-        let mut v = to_heads(&attn.v_proj.forward_t(x, train)?, kvh, None)?;
-        if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
-        }
+        let k = to_heads(&attn.k_proj.forward_t(x, train)?, kvh, Some((cos, sin)))?;
+        let v = to_heads(&attn.v_proj.forward_t(x, train)?, kvh, None)?;
+        let (k, v) = crate::kv_cache::extend_kv(cache, k, v)?;
         // Head i reads kv head i / g, as HF's repeat_kv, without repeating K/V.
         let ctx = attention_core(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt())?; // (b, t, h·hd)
         Ok(attn.o_proj.forward_t(&ctx, train)?)

@@ -65,7 +65,17 @@ pub fn normalize_weights(config: &ModelConfig, weights: &mut Weights) -> Result<
         }
         ModelConfig::Llama(_) => {}
     }
-    transpose_named(weights, &config.transposed_weight_names())
+    transpose_named(weights, &transposed_weight_names(config)?)
+}
+
+/// Weights stored `(d_in, d_out)` in checkpoints (GPT-2's Conv1D: every linear layer of the
+/// family, read off its layout); lowrank keeps every linear weight `(d_out, d_in)` in memory and
+/// transposes these on load and save.
+pub fn transposed_weight_names(config: &ModelConfig) -> Result<Vec<String>> {
+    Ok(match config {
+        ModelConfig::Gpt2(_) => crate::any_model::model_layout(config)?.linears.iter().filter(|l| l.part_of.is_none()).map(|l| format!("{}.weight", l.path)).collect(),
+        _ => vec![],
+    })
 }
 
 fn transpose_named(weights: &mut Weights, names: &[String]) -> Result<()> {
@@ -81,8 +91,8 @@ fn transpose_named(weights: &mut Weights, names: &[String]) -> Result<()> {
 /// The tensors as a Hugging Face checkpoint stores them (Conv1D weights back to `(d_in, d_out)`),
 /// for writing a merged model.
 pub fn checkpoint_tensors(config: &ModelConfig, weights: &Weights) -> Result<BTreeMap<String, Tensor>> {
-    let mut w = Weights { tensors: weights.dense_tensors()?, packed: BTreeMap::new(), source: weights.source.clone() };
-    transpose_named(&mut w, &config.transposed_weight_names())?;
+    let mut w = Weights { tensors: weights.dense_tensors()?, packed: BTreeMap::new(), source: weights.source.clone(), shapes_only: false };
+    transpose_named(&mut w, &transposed_weight_names(config)?)?;
     Ok(w.tensors)
 }
 

@@ -68,24 +68,6 @@ impl ModelConfig {
         names.iter().map(|s| s.to_string()).collect()
     }
 
-    /// `(path, d_in, d_out)` of every adaptable linear layer.
-    pub fn linear_modules(&self) -> Vec<(String, usize, usize)> {
-        match self {
-            ModelConfig::Llama(c) => c.linear_modules(),
-            ModelConfig::Gpt2(c) => c.linear_modules(),
-            ModelConfig::T5(c) => c.linear_modules(),
-        }
-    }
-
-    /// Weights stored `(d_in, d_out)` in checkpoints (GPT-2's Conv1D); lowrank keeps every linear
-    /// weight `(d_out, d_in)` in memory and transposes these on load and save.
-    pub fn transposed_weight_names(&self) -> Vec<String> {
-        match self {
-            ModelConfig::Gpt2(c) => c.conv1d_weight_names(),
-            _ => vec![],
-        }
-    }
-
     /// Whether GPT-2-style Conv1D layers are present (PEFT's `fan_in_fan_out`).
     pub fn fan_in_fan_out(&self) -> bool {
         matches!(self, ModelConfig::Gpt2(_))

@@ -3,7 +3,7 @@
 //! eighth (Q4_x) of the bytes of f32 — what bounds decoding speed on a CPU. Inference only: no
 //! gradient flows through a quantized layer.
 use crate::error::{ModelError, Result};
-use crate::linear_site::{BaseLinear, LinearLayer, LinearSite};
+use crate::hooks::{BaseLinear, BuildHook, LinearInfo, LinearLayer};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use std::sync::Arc;
@@ -60,13 +60,17 @@ pub fn quantized_or_plain(base: BaseLinear, dtype: GgmlDType) -> Result<Arc<dyn 
     })
 }
 
-/// Every layer (and the output head) quantized: merged or adapter-free inference.
-pub struct QuantizedSite {
+/// Every frozen linear layer (and the output head) quantized: merged or adapter-free inference,
+/// or the base beneath an adapter's hook (an unmerged adapter over a quantized base).
+pub struct QuantizedHook {
     pub dtype: GgmlDType,
 }
 
-impl LinearSite for QuantizedSite {
-    fn build(&self, base: BaseLinear) -> Result<Arc<dyn LinearLayer>> {
-        quantized_or_plain(base, self.dtype)
+impl BuildHook for QuantizedHook {
+    fn linear(&self, _info: &LinearInfo, layer: Arc<dyn LinearLayer>) -> Result<Arc<dyn LinearLayer>> {
+        match layer.as_frozen() {
+            Some(base) => quantized_or_plain(base.clone(), self.dtype),
+            None => Ok(layer),
+        }
     }
 }

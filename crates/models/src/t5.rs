@@ -11,8 +11,7 @@
 use crate::causal_lm::CausalLm;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::{EncoderState, KvCache};
-use crate::linear_site::{BaseLinear, LinearLayer, LinearSite};
-use crate::ops::rms_norm::rms_norm;
+use crate::hooks::{BuildHook, LinearLayer, ModuleBuilder, NormKind, NormLayer, NormRole, Role};
 use crate::ops::{frozen_matmul, masked_softmax, AttentionMask, IGNORE_INDEX};
 use crate::t5_config::{T5Config, T5FeedForward};
 use crate::weights::Weights;
@@ -70,18 +69,18 @@ impl FeedForward {
 }
 
 struct EncoderBlock {
-    self_attn_norm: Tensor,
+    self_attn_norm: Arc<dyn NormLayer>,
     self_attn: Attention,
-    ff_norm: Tensor,
+    ff_norm: Arc<dyn NormLayer>,
     ff: FeedForward,
 }
 
 struct DecoderBlock {
-    self_attn_norm: Tensor,
+    self_attn_norm: Arc<dyn NormLayer>,
     self_attn: Attention,
-    cross_attn_norm: Tensor,
+    cross_attn_norm: Arc<dyn NormLayer>,
     cross_attn: Attention,
-    ff_norm: Tensor,
+    ff_norm: Arc<dyn NormLayer>,
     ff: FeedForward,
 }
 
@@ -92,11 +91,11 @@ pub struct T5 {
     /// `(vocab, d_model)`: `shared.weight`, the token embedding of both stacks.
     shared: Tensor,
     encoder: Vec<EncoderBlock>,
-    encoder_final_norm: Tensor,
+    encoder_final_norm: Arc<dyn NormLayer>,
     /// `(num_buckets, num_heads)`: `encoder.block.0.layer.0.SelfAttention.relative_attention_bias`.
     encoder_rel_bias: Tensor,
     decoder: Vec<DecoderBlock>,
-    decoder_final_norm: Tensor,
+    decoder_final_norm: Arc<dyn NormLayer>,
     /// `(num_buckets, num_heads)`: `decoder.block.0.layer.0.SelfAttention.relative_attention_bias`.
     decoder_rel_bias: Tensor,
     /// `(vocab, d_model)`: `lm_head.weight` when the checkpoint has one, else `shared.weight`.
@@ -144,8 +143,8 @@ fn key_keep(mask: Option<&Tensor>) -> Result<Option<KeyKeep>> {
 }
 
 impl T5 {
-    /// Builds the model from `weights`; every linear layer goes through `site`.
-    pub fn new(config: &T5Config, weights: &Weights, site: &dyn LinearSite, device: &Device) -> Result<Self> {
+    /// Builds the model from `weights`; every linear layer and norm goes through `hook`.
+    pub fn new(config: &T5Config, weights: &Weights, hook: &dyn BuildHook, device: &Device) -> Result<Self> {
         let cfg = config;
         let (d, inner, ff, v) = (cfg.d_model, cfg.inner_dim(), cfg.d_ff, cfg.vocab_size);
         let shared = if weights.contains("shared.weight") {
@@ -155,16 +154,14 @@ impl T5 {
         } else {
             weights.get("decoder.embed_tokens.weight", &[v, d])?
         };
-        let linear = |path: String, d_in: usize, d_out: usize| -> Result<Arc<dyn LinearLayer>> {
-            let weight = weights.frozen(&format!("{path}.weight"), &[d_out, d_in])?;
-            site.build(BaseLinear { path, weight, bias: None })
-        };
+        let m = ModuleBuilder { weights, hook };
+        let eps = cfg.layer_norm_epsilon;
         let attention = |p: String| -> Result<Attention> {
             Ok(Attention {
-                q: linear(format!("{p}.q"), d, inner)?,
-                k: linear(format!("{p}.k"), d, inner)?,
-                v: linear(format!("{p}.v"), d, inner)?,
-                o: linear(format!("{p}.o"), inner, d)?,
+                q: m.linear(format!("{p}.q"), Role::Query, d, inner, false)?,
+                k: m.linear(format!("{p}.k"), Role::Key, d, inner, false)?,
+                v: m.linear(format!("{p}.v"), Role::Value, d, inner, false)?,
+                o: m.linear(format!("{p}.o"), Role::AttentionOutput, inner, d, false)?,
             })
         };
         // "gelu" is the exact GELU in transformers, "gelu_new" and "gated-gelu" the tanh form.
@@ -175,19 +172,24 @@ impl T5 {
         };
         let feed_forward = |p: String| -> Result<FeedForward> {
             Ok(if cfg.feed_forward.is_gated() {
-                FeedForward { wi: linear(format!("{p}.wi_0"), d, ff)?, wi_1: Some(linear(format!("{p}.wi_1"), d, ff)?), wo: linear(format!("{p}.wo"), ff, d)?, act }
+                FeedForward {
+                    wi: m.linear(format!("{p}.wi_0"), Role::FfnGate, d, ff, false)?,
+                    wi_1: Some(m.linear(format!("{p}.wi_1"), Role::FfnUp, d, ff, false)?),
+                    wo: m.linear(format!("{p}.wo"), Role::FfnDown, ff, d, false)?,
+                    act,
+                }
             } else {
-                FeedForward { wi: linear(format!("{p}.wi"), d, ff)?, wi_1: None, wo: linear(format!("{p}.wo"), ff, d)?, act }
+                FeedForward { wi: m.linear(format!("{p}.wi"), Role::FfnUp, d, ff, false)?, wi_1: None, wo: m.linear(format!("{p}.wo"), Role::FfnDown, ff, d, false)?, act }
             })
         };
-        let norm = |name: String| weights.get(&name, &[d]);
+        let norm = |path: String, role: NormRole| m.norm(path, role, NormKind::Rms, d, eps);
         let mut encoder = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("encoder.block.{i}.layer");
             encoder.push(EncoderBlock {
-                self_attn_norm: norm(format!("{p}.0.layer_norm.weight"))?,
+                self_attn_norm: norm(format!("{p}.0.layer_norm"), NormRole::Attention)?,
                 self_attn: attention(format!("{p}.0.SelfAttention"))?,
-                ff_norm: norm(format!("{p}.1.layer_norm.weight"))?,
+                ff_norm: norm(format!("{p}.1.layer_norm"), NormRole::FeedForward)?,
                 ff: feed_forward(format!("{p}.1.DenseReluDense"))?,
             });
         }
@@ -195,11 +197,11 @@ impl T5 {
         for i in 0..cfg.num_decoder_layers {
             let p = format!("decoder.block.{i}.layer");
             decoder.push(DecoderBlock {
-                self_attn_norm: norm(format!("{p}.0.layer_norm.weight"))?,
+                self_attn_norm: norm(format!("{p}.0.layer_norm"), NormRole::Attention)?,
                 self_attn: attention(format!("{p}.0.SelfAttention"))?,
-                cross_attn_norm: norm(format!("{p}.1.layer_norm.weight"))?,
+                cross_attn_norm: norm(format!("{p}.1.layer_norm"), NormRole::CrossAttention)?,
                 cross_attn: attention(format!("{p}.1.EncDecAttention"))?,
-                ff_norm: norm(format!("{p}.2.layer_norm.weight"))?,
+                ff_norm: norm(format!("{p}.2.layer_norm"), NormRole::FeedForward)?,
                 ff: feed_forward(format!("{p}.2.DenseReluDense"))?,
             });
         }
@@ -217,8 +219,8 @@ impl T5 {
             device: device.clone(),
             encoder_rel_bias: rel("encoder")?,
             decoder_rel_bias: rel("decoder")?,
-            encoder_final_norm: norm("encoder.final_layer_norm.weight".into())?,
-            decoder_final_norm: norm("decoder.final_layer_norm.weight".into())?,
+            encoder_final_norm: norm("encoder.final_layer_norm".into(), NormRole::Final)?,
+            decoder_final_norm: norm("decoder.final_layer_norm".into(), NormRole::Final)?,
             shared,
             encoder,
             decoder,
@@ -292,29 +294,26 @@ impl T5 {
     }
 
     fn encode_keep(&self, input_ids: &Tensor, keep: Option<KeyKeep>, train: bool) -> Result<Tensor> {
-        let cfg = &self.config;
         let (_, s) = input_ids.dims2()?;
         let mut h = self.embed(input_ids)?;
         let mask = AttentionMask { t_q: s, offset: 0, key_keep: keep, causal: false };
         let bias = self.position_bias(&self.encoder_rel_bias, s, s, 0, true)?;
-        let eps = cfg.layer_norm_epsilon;
         for block in &self.encoder {
-            let x = rms_norm(&h, &block.self_attn_norm, eps)?;
+            let x = block.self_attn_norm.forward(&h)?;
             let q = self.heads(&block.self_attn.q, &x, train)?;
             let k = self.heads(&block.self_attn.k, &x, train)?;
             let v = self.heads(&block.self_attn.v, &x, train)?;
             let a = self.attend(&block.self_attn, &q, &k, &v, Some(&bias), &mask, train)?;
             h = (h + a)?;
-            let x = rms_norm(&h, &block.ff_norm, eps)?;
+            let x = block.ff_norm.forward(&h)?;
             h = (&h + block.ff.forward(&x, train)?)?;
         }
-        Ok(rms_norm(&h, &self.encoder_final_norm, eps)?)
+        Ok(self.encoder_final_norm.forward(&h)?)
     }
 
     /// The decoder's last hidden state (after the final norm) for `decoder_ids: (b, t)` at
     /// positions `cache.len()..` (0 without a cache), attending to `encoder_hidden: (b, s, d)`.
     fn decode_hidden(&self, decoder_ids: &Tensor, encoder_hidden: &Tensor, encoder_keep: Option<KeyKeep>, train: bool, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let cfg = &self.config;
         let (_, t) = decoder_ids.dims2()?;
         let n = self.decoder.len();
         let offset = match cache.as_deref_mut() {
@@ -333,24 +332,17 @@ impl T5 {
         let self_mask = AttentionMask { t_q: t, offset, key_keep: None, causal: true };
         let cross_mask = AttentionMask { t_q: t, offset: 0, key_keep: encoder_keep, causal: false };
         let bias = self.position_bias(&self.decoder_rel_bias, t, offset + t, offset, false)?;
-        let eps = cfg.layer_norm_epsilon;
         for (li, block) in self.decoder.iter().enumerate() {
             // Causal self-attention with the relative position bias.
-            let x = rms_norm(&h, &block.self_attn_norm, eps)?;
+            let x = block.self_attn_norm.forward(&h)?;
             let q = self.heads(&block.self_attn.q, &x, train)?;
-            let mut k = self.heads(&block.self_attn.k, &x, train)?;
-            let mut v = self.heads(&block.self_attn.v, &x, train)?;
-            if let Some(c) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &c.layers[li] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
-                }
-                c.layers[li] = Some((k.clone(), v.clone()));
-            }
+            let k = self.heads(&block.self_attn.k, &x, train)?;
+            let v = self.heads(&block.self_attn.v, &x, train)?;
+            let (k, v) = crate::kv_cache::extend_kv(cache.as_deref_mut().map(|c| &mut c.layers[li]), k, v)?;
             let a = self.attend(&block.self_attn, &q, &k, &v, Some(&bias), &self_mask, train)?;
             h = (h + a)?;
             // Cross-attention over the encoder output: no position bias, only its padding mask.
-            let x = rms_norm(&h, &block.cross_attn_norm, eps)?;
+            let x = block.cross_attn_norm.forward(&h)?;
             let q = self.heads(&block.cross_attn.q, &x, train)?;
             let cached = cache.as_deref().and_then(|c| c.cross[li].clone());
             let (k, v) = match cached {
@@ -366,10 +358,10 @@ impl T5 {
             };
             let a = self.attend(&block.cross_attn, &q, &k, &v, None, &cross_mask, train)?;
             h = (h + a)?;
-            let x = rms_norm(&h, &block.ff_norm, eps)?;
+            let x = block.ff_norm.forward(&h)?;
             h = (&h + block.ff.forward(&x, train)?)?;
         }
-        Ok(rms_norm(&h, &self.decoder_final_norm, eps)?)
+        Ok(self.decoder_final_norm.forward(&h)?)
     }
 
     /// Logits from decoder hidden states: `(..., d_model) -> (..., vocab)`, scaled by

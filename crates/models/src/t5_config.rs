@@ -104,38 +104,4 @@ impl T5Config {
     pub fn inner_dim(&self) -> usize {
         self.num_heads * self.d_kv
     }
-
-    /// `(path, d_in, d_out)` of every adaptable linear layer (lm_head excluded), in model order:
-    /// `encoder.block.{i}.layer.0.SelfAttention.{q,k,v,o}`, `encoder.block.{i}.layer.1.DenseReluDense.{wi | wi_0, wi_1, wo}`,
-    /// `decoder.block.{i}.layer.0.SelfAttention.*`, `decoder.block.{i}.layer.1.EncDecAttention.*`,
-    /// `decoder.block.{i}.layer.2.DenseReluDense.*`.
-    pub fn linear_modules(&self) -> Vec<(String, usize, usize)> {
-        let (d, inner, ff) = (self.d_model, self.inner_dim(), self.d_ff);
-        let mut out = Vec::new();
-        let attn = |out: &mut Vec<(String, usize, usize)>, p: String| {
-            for n in ["q", "k", "v"] {
-                out.push((format!("{p}.{n}"), d, inner));
-            }
-            out.push((format!("{p}.o"), inner, d));
-        };
-        let ffn = |out: &mut Vec<(String, usize, usize)>, p: String| {
-            if self.feed_forward.is_gated() {
-                out.push((format!("{p}.wi_0"), d, ff));
-                out.push((format!("{p}.wi_1"), d, ff));
-            } else {
-                out.push((format!("{p}.wi"), d, ff));
-            }
-            out.push((format!("{p}.wo"), ff, d));
-        };
-        for i in 0..self.num_layers {
-            attn(&mut out, format!("encoder.block.{i}.layer.0.SelfAttention"));
-            ffn(&mut out, format!("encoder.block.{i}.layer.1.DenseReluDense"));
-        }
-        for i in 0..self.num_decoder_layers {
-            attn(&mut out, format!("decoder.block.{i}.layer.0.SelfAttention"));
-            attn(&mut out, format!("decoder.block.{i}.layer.1.EncDecAttention"));
-            ffn(&mut out, format!("decoder.block.{i}.layer.2.DenseReluDense"));
-        }
-        out
-    }
 }

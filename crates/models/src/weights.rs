@@ -16,6 +16,9 @@ pub struct Weights {
     pub packed: BTreeMap<String, Arc<PackedMatrix>>,
     /// Where they came from, for error messages.
     pub source: String,
+    /// Answers every request with a zero of the asked shape that takes no memory (a broadcast
+    /// scalar): for building a model only to read its layout.
+    pub shapes_only: bool,
 }
 
 impl Weights {
@@ -54,8 +57,16 @@ impl Weights {
         self.packed.values().fold((0, 0), |(s, f), p| (s + p.stored_bytes(), f + 4 * p.dims().0 * p.dims().1))
     }
 
+    /// No tensors: every request is answered with a zero of the asked shape (see `shapes_only`).
+    pub fn shapes_only() -> Self {
+        Self { shapes_only: true, source: "(shapes only)".into(), ..Default::default() }
+    }
+
     /// The tensor `name`, checked against `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if self.shapes_only {
+            return Ok(Tensor::new(0f32, &Device::Cpu)?.broadcast_as(shape)?);
+        }
         let t = self.get_any(name)?;
         if t.dims() != shape {
             return Err(ModelError::ShapeMismatch { name: name.to_string(), expected: shape.to_vec(), actual: t.dims().to_vec() });
@@ -206,5 +217,5 @@ pub fn load_hf_weights(dir: &Path, device: &Device, dtype: DType) -> Result<Weig
     for f in &files {
         tensors.extend(read_safetensors(f, device, Some(dtype))?);
     }
-    Ok(Weights { tensors, packed: BTreeMap::new(), source: dir.display().to_string() })
+    Ok(Weights { tensors, packed: BTreeMap::new(), source: dir.display().to_string(), shapes_only: false })
 }

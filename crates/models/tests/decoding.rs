@@ -4,7 +4,7 @@ use candle_core::{DType, Device, Tensor};
 use lowrank_models::beam::{beam_search, no_repeat_ngram_banned, BeamParams};
 use lowrank_models::generate::{generate, SamplingParams};
 use lowrank_models::weights::read_safetensors;
-use lowrank_models::{load_model, Llama, PlainSite};
+use lowrank_models::{load_model, Llama, PlainHook};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -44,7 +44,7 @@ fn model(merged: bool) -> Llama {
         }
         assert_eq!(n, 4, "q_proj and v_proj of 2 layers");
     }
-    Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap()
+    Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainHook, &Device::Cpu).unwrap()
 }
 
 fn fixture_beam_params() -> BeamParams {

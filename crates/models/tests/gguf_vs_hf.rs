@@ -2,7 +2,7 @@
 //! does) and as a Hugging Face folder gives the same logits and the same tokens.
 use candle_core::{DType, Device, Tensor};
 use lowrank_models::weights::read_safetensors;
-use lowrank_models::{load_model, Llama, PlainSite};
+use lowrank_models::{load_model, Llama, PlainHook};
 use std::path::PathBuf;
 
 fn fx() -> PathBuf {
@@ -12,7 +12,7 @@ fn fx() -> PathBuf {
 fn logits_of(path: PathBuf) -> (Tensor, Vec<Vec<i64>>) {
     let g = read_safetensors(&fx().join("golden.safetensors"), &Device::Cpu, None).unwrap();
     let m = load_model(&path, &Device::Cpu, DType::F32).unwrap();
-    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap();
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainHook, &Device::Cpu).unwrap();
     let mask = g["attention_mask"].clone();
     (model.forward(&g["input_ids"], Some(&mask), false).unwrap(), mask.to_vec2::<i64>().unwrap())
 }

@@ -307,3 +307,27 @@ fn fused_head_cross_entropy_matches_matmul_then_cross_entropy() {
     let few = head_cross_entropy_sum(&h0, &head, &targets[..3], 0.0).unwrap_err().to_string();
     assert!(few.contains("3 targets for 5 rows"), "{few}");
 }
+
+#[test]
+fn fused_rms_norm_gives_a_trainable_weight_its_gradient() {
+    // Gradient trap: the fused op keeps its weight inside and returns only dx; a trainable
+    // weight (LN tuning) must still get dw, equal to the composition's.
+    let x0 = rand(&[2, 3, 8], 41).to_dtype(candle_core::DType::F32).unwrap();
+    let w0 = rand(&[8], 42).affine(0.5, 1.0).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    let probe = rand(&[2, 3, 8], 43).to_dtype(candle_core::DType::F32).unwrap();
+    let run = |fused: bool| {
+        let (x, w) = (Var::from_tensor(&x0).unwrap(), Var::from_tensor(&w0).unwrap());
+        let y = if fused {
+            lowrank_models::ops::rms_norm::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap()
+        } else {
+            lowrank_models::ops::norms::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap()
+        };
+        let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        (g.get(x.as_tensor()).expect("dx").clone(), g.get(w.as_tensor()).expect("a trainable norm weight got no gradient").clone())
+    };
+    let ((dx, dw), (dx_ref, dw_ref)) = (run(true), run(false));
+    let f64s = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
+    let (a, b) = (max_diff(&f64s(&dx), &f64s(&dx_ref)), max_diff(&f64s(&dw), &f64s(&dw_ref)));
+    println!("rms-norm with a trainable weight: dx {a:e}, dw {b:e}");
+    assert!(a < 1e-5 && b < 1e-5 && dw.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+}

@@ -13,7 +13,7 @@ use lowrank_models::beam::{beam_search, BeamParams};
 use lowrank_models::generate::{generate, SamplingParams};
 use lowrank_models::t5::T5;
 use lowrank_models::weights::{load_hf_weights, read_safetensors};
-use lowrank_models::{CausalLm, KvCache, ModelConfig, PlainSite};
+use lowrank_models::{CausalLm, KvCache, ModelConfig, PlainHook};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -58,7 +58,7 @@ fn model(version: &str, merged: bool) -> T5 {
         }
         assert_eq!(n, 12, "q and v of 2 encoder self-attention, 2 decoder self- and 2 cross-attention layers");
     }
-    T5::new(&cfg, &w, &PlainSite, &Device::Cpu).unwrap()
+    T5::new(&cfg, &w, &PlainHook, &Device::Cpu).unwrap()
 }
 
 #[test]

@@ -21,8 +21,18 @@ pub enum PeftError {
     UnknownModule { file: PathBuf, key: String, module: String },
     #[error("{file}: missing tensor `{key}`")]
     MissingTensor { file: PathBuf, key: String },
-    #[error("invalid LoRA setting: {0}")]
+    #[error("invalid adapter setting: {0}")]
     Invalid(String),
+    #[error("{method} cannot be merged into the base weights: {reason}")]
+    NotMergeable { method: String, reason: String },
+    #[error("unknown PEFT method `{name}` (lowrank has: {known})")]
+    UnknownMethod { name: String, known: String },
+    #[error("{path}: peft_type `{peft_type}` is not supported (lowrank reads: {known})")]
+    UnknownPeftType { path: PathBuf, peft_type: String, known: String },
+    #[error("the adapter has a module `{module}` that the model never attached (its modules: {available})")]
+    Unattached { module: String, available: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Model(#[from] lowrank_models::ModelError),
     #[error(transparent)]

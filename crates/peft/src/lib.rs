@@ -1,14 +1,17 @@
-//! Parameter-efficient adapters for lowrank models: LoRA (and rsLoRA), target selection, merging,
-//! and the Hugging Face PEFT adapter format.
+//! Parameter-efficient adapters for lowrank models, behind one contract ([`Adapter`]): the
+//! methods ([`methods`], found by run-file name or PEFT `peft_type`), target selection, merging,
+//! and the Hugging Face PEFT adapter folder.
+pub mod adapter;
+pub mod dropout;
 pub mod error;
-pub mod fused_parts;
-pub mod lora;
-pub mod lora_op;
-pub mod peft_format;
+pub mod folder;
+pub mod methods;
 pub mod targets;
 
+pub use adapter::{check_attached, Adapter, AdapterInfo};
 pub use error::{PeftError, Result};
-pub use fused_parts::QuantizedLoraSite;
-pub use lora::{LoraAdapters, LoraConfig, LoraLinear, LoraModule, LoraSite};
-pub use peft_format::{load_adapter, save_adapter, save_adapter_native, AdapterInfo, LoadedAdapter};
+pub use folder::{load_adapter, save_adapter, save_adapter_native, LoadedAdapter};
+pub use methods::lora::format::{load_lora, LoadedLora};
+pub use methods::lora::{LoraAdapters, LoraConfig, LoraLinear, LoraModule, LoraSite};
+pub use methods::{InitContext, Method};
 pub use targets::TargetSpec;

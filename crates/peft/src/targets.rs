@@ -49,7 +49,7 @@ pub fn select(spec: &TargetSpec, exclude: &[String], modules: &[&str]) -> Result
     let available = || leaf_names(modules);
     let mut chosen: Vec<String> = match spec {
         // Parts of fused projections (GPT-2's `c_attn.q`) are not separate layers.
-        TargetSpec::Pattern(p) if p == "all-linear" => modules.iter().filter(|m| crate::fused_parts::part_of(m, modules).is_none()).map(|s| s.to_string()).collect(),
+        TargetSpec::Pattern(p) if p == "all-linear" => modules.iter().filter(|m| crate::methods::lora::parts::part_of(m, modules).is_none()).map(|s| s.to_string()).collect(),
         TargetSpec::Pattern(p) => {
             let re = full_regex(p)?;
             let hits: Vec<String> = modules.iter().filter(|m| re.is_match(m)).map(|s| s.to_string()).collect();
@@ -81,7 +81,7 @@ pub fn select(spec: &TargetSpec, exclude: &[String], modules: &[&str]) -> Result
     if chosen.is_empty() {
         return Err(PeftError::Invalid("every target module was excluded".into()));
     }
-    if let Some((part, parent)) = chosen.iter().find_map(|m| crate::fused_parts::part_of(m, modules).filter(|(p, _)| chosen.contains(p)).map(|(p, _)| (m.clone(), p))) {
+    if let Some((part, parent)) = chosen.iter().find_map(|m| crate::methods::lora::parts::part_of(m, modules).filter(|(p, _)| chosen.contains(p)).map(|(p, _)| (m.clone(), p))) {
         return Err(PeftError::Invalid(format!("`{parent}` and its part `{part}` are both selected: adapt the fused layer or its parts, not both")));
     }
     Ok(chosen)

@@ -14,7 +14,7 @@ fn checkpointed_backward_equals_the_plain_backward() {
     let dev = Device::Cpu;
     let m = load_model(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama/hf"), &dev, DType::F32).unwrap();
     let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.2, targets: TargetSpec::Pattern("all-linear".into()), init_seed: 5, ..Default::default() };
-    let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &dev).unwrap();
+    let adapters = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &dev).unwrap();
     for module in adapters.modules.values() {
         module.b.set(&(Tensor::randn(0f32, 0.1, module.b.dims(), &dev).unwrap())).unwrap();
     }

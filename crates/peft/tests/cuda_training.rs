@@ -17,7 +17,7 @@ fn fixture() -> PathBuf {
 fn step(dev: &Device, dtype: DType, dropout: f64, checkpointing: bool) -> (f64, Vec<(String, Tensor)>) {
     let loaded = load_model(&fixture(), dev, dtype).unwrap();
     let cfg = LoraConfig { r: 4, alpha: 8.0, dropout, targets: TargetSpec::Pattern("all-linear".into()), init_seed: 5, ..Default::default() };
-    let adapters = LoraAdapters::init(&cfg, &loaded.config.linear_modules(), dev).unwrap();
+    let adapters = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&loaded.config).unwrap().linear_modules(), dev).unwrap();
     // B made non-zero, the same values on every device.
     for (i, m) in adapters.modules.values().enumerate() {
         let n = m.b.elem_count();

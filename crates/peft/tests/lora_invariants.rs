@@ -2,8 +2,8 @@
 //! in training, save → load → save byte-identical, shapes checked on load.
 use candle_core::{DType, Device, Tensor};
 use lowrank_models::weights::{read_safetensors, write_safetensors};
-use lowrank_models::{load_model, Llama, LoadedModel, PlainSite};
-use lowrank_peft::{load_adapter, save_adapter, AdapterInfo, LoraAdapters, LoraConfig, LoraSite, TargetSpec};
+use lowrank_models::{load_model, Llama, LoadedModel, PlainHook};
+use lowrank_peft::{load_lora, save_adapter, AdapterInfo, LoraAdapters, LoraConfig, LoraSite, TargetSpec};
 use std::path::PathBuf;
 
 fn fx() -> PathBuf {
@@ -37,8 +37,8 @@ fn perturb(adapters: &LoraAdapters) {
 #[test]
 fn lora_is_an_exact_no_op_at_init() {
     let m = tiny();
-    let base = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
-    let adapters = LoraAdapters::init(&all_linear(4), &m.config.linear_modules(), &Device::Cpu).unwrap();
+    let base = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainHook, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
+    let adapters = LoraAdapters::init(&all_linear(4), &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &Device::Cpu).unwrap();
     let lora = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &Device::Cpu).unwrap();
     let out = lora.forward(&ids(), None, false).unwrap();
     assert_eq!(max_diff(&base, &out), 0.0);
@@ -52,16 +52,16 @@ fn lora_is_an_exact_no_op_at_init() {
 #[test]
 fn merged_equals_unmerged_and_unmerge_restores() {
     let mut m = tiny();
-    let adapters = LoraAdapters::init(&all_linear(4), &m.config.linear_modules(), &Device::Cpu).unwrap();
+    let adapters = LoraAdapters::init(&all_linear(4), &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &Device::Cpu).unwrap();
     perturb(&adapters);
     let unmerged = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
     let original = m.weights.get_any("model.layers.1.mlp.down_proj.weight").unwrap();
     adapters.merge_into(&mut m.weights).unwrap();
-    let merged = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
+    let merged = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainHook, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap();
     let d = max_diff(&merged, &unmerged);
     println!("merged vs unmerged: max |diff| = {d:e}");
     assert!(d < 1e-4, "{d}");
-    assert!(max_diff(&merged, &Llama::new(m.config.as_llama().unwrap(), &tiny().weights, &PlainSite, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap()) > 1e-3);
+    assert!(max_diff(&merged, &Llama::new(m.config.as_llama().unwrap(), &tiny().weights, &PlainHook, &Device::Cpu).unwrap().forward(&ids(), None, false).unwrap()) > 1e-3);
     adapters.unmerge_from(&mut m.weights).unwrap();
     assert!(max_diff(&m.weights.get_any("model.layers.1.mlp.down_proj.weight").unwrap(), &original) < 1e-6);
 }
@@ -70,7 +70,7 @@ fn merged_equals_unmerged_and_unmerge_restores() {
 fn dropout_only_in_training() {
     let m = tiny();
     let cfg = LoraConfig { dropout: 0.5, ..all_linear(4) };
-    let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &Device::Cpu).unwrap();
+    let adapters = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &Device::Cpu).unwrap();
     perturb(&adapters);
     let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.5 }, &Device::Cpu).unwrap();
     let eval1 = model.forward(&ids(), None, false).unwrap();
@@ -88,12 +88,12 @@ fn save_load_save_is_byte_identical() {
     let m = tiny();
     let dir = tempfile::tempdir().unwrap();
     let cfg = LoraConfig { rank_pattern: [("down_proj".to_string(), 2usize)].into(), alpha_pattern: [("o_proj".to_string(), 3.0)].into(), ..all_linear(4) };
-    let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &Device::Cpu).unwrap();
+    let adapters = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &Device::Cpu).unwrap();
     perturb(&adapters);
     assert_eq!(adapters.modules["model.layers.0.mlp.down_proj"].r, 2);
     assert_eq!(adapters.modules["model.layers.0.self_attn.o_proj"].scale, 3.0 / 4.0);
     save_adapter(&dir.path().join("a"), &adapters, &AdapterInfo::new("tiny", "CAUSAL_LM", false)).unwrap();
-    let loaded = load_adapter(&dir.path().join("a"), &m.config.linear_modules(), &Device::Cpu).unwrap();
+    let loaded = load_lora(&dir.path().join("a"), &lowrank_models::model_layout(&m.config).unwrap(), &Device::Cpu).unwrap();
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     for (p, module) in &adapters.modules {
         let l = &loaded.adapters.modules[p];
@@ -118,7 +118,7 @@ fn adapter_with_wrong_shapes_names_key_and_shapes() {
     let key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight".to_string();
     t.insert(key.clone(), Tensor::zeros((48, 4), DType::F32, &Device::Cpu).unwrap());
     write_safetensors(&dir.path().join("adapter_model.safetensors"), &t, None).unwrap();
-    let err = load_adapter(dir.path(), &m.config.linear_modules(), &Device::Cpu).err().expect("wrong shape must fail").to_string();
+    let err = load_lora(dir.path(), &lowrank_models::model_layout(&m.config).unwrap(), &Device::Cpu).err().expect("wrong shape must fail").to_string();
     assert!(err.contains(&key) && err.contains("[48, 4]") && err.contains("[32, 4]"), "{err}");
 }
 
@@ -126,7 +126,7 @@ fn adapter_with_wrong_shapes_names_key_and_shapes() {
 fn target_that_matches_nothing_lists_modules() {
     let m = tiny();
     let cfg = LoraConfig { targets: TargetSpec::Names(vec!["c_attn".into()]), ..Default::default() };
-    let err = LoraAdapters::init(&cfg, &m.config.linear_modules(), &Device::Cpu).err().expect("must fail").to_string();
+    let err = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &Device::Cpu).err().expect("must fail").to_string();
     assert!(err.contains("c_attn") && err.contains("q_proj") && err.contains("down_proj"), "{err}");
 }
 
@@ -134,7 +134,7 @@ fn target_that_matches_nothing_lists_modules() {
 fn trainable_count_is_r_times_din_plus_dout() {
     let m = tiny();
     let cfg = LoraConfig { r: 8, ..Default::default() };
-    let a = LoraAdapters::init(&cfg, &m.config.linear_modules(), &Device::Cpu).unwrap();
+    let a = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &Device::Cpu).unwrap();
     // 2 layers × (q: 8·(64+64) + v: 8·(64+32))
     assert_eq!(a.trainable_parameters(), 2 * (8 * 128 + 8 * 96));
 }
@@ -148,19 +148,19 @@ fn fused_lora_op_matches_the_composition_with_and_without_dropout() {
     let dev = Device::Cpu;
     let m = tiny();
     let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.3, ..Default::default() };
-    let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &dev).unwrap();
+    let adapters = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &dev).unwrap();
     perturb(&adapters);
     let module = adapters.modules["model.layers.0.self_attn.v_proj"].clone();
     let base = BaseLinear { path: module.path.clone(), weight: m.weights.get_any("model.layers.0.self_attn.v_proj.weight").unwrap().into(), bias: Some(Tensor::randn(0f32, 1.0, 32, &dev).unwrap()) };
-    let layer = LoraLinear { base, module: module.clone(), dropout: 0.3, rng: adapters.dropout_rng.clone() };
+    let layer = LoraLinear { inner: std::sync::Arc::new(base), module: module.clone(), dropout: 0.3, rng: adapters.dropout_rng.clone() };
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 64), &dev).unwrap()).unwrap();
     let probe = Tensor::randn(0f32, 1.0, (2, 3, 32), &dev).unwrap();
     for train in [false, true] {
         adapters.dropout_rng.reseed(9);
         let fused = layer.forward_t(x.as_tensor(), train).unwrap();
         adapters.dropout_rng.reseed(9);
-        let mask = if train { Some(Tensor::from_vec(lowrank_peft::lora::DropoutRng::new(9).mask_for_test(&module.path, 6 * 64, 0.3), (6, 64), &dev).unwrap()) } else { None };
-        let plain = layer.forward_composed(x.as_tensor(), mask.as_ref()).unwrap();
+        let mask = if train { Some(Tensor::from_vec(lowrank_peft::dropout::DropoutRng::new(9).mask_for_test(&module.path, 6 * 64, 0.3), (6, 64), &dev).unwrap()) } else { None };
+        let plain = layer.forward_composed(x.as_tensor(), mask.as_ref(), train).unwrap();
         assert!(max_diff(&fused, &plain) < 1e-5, "values differ (train {train})");
         let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         let gp = (plain * &probe).unwrap().sum_all().unwrap().backward().unwrap();
@@ -173,4 +173,27 @@ fn fused_lora_op_matches_the_composition_with_and_without_dropout() {
             assert!(!gf.get(t).unwrap().track_op(), "gradient of {name} carries a backprop graph");
         }
     }
+}
+
+#[test]
+fn fused_lora_gives_a_trainable_bias_its_gradient() {
+    // Gradient trap: the fused op adds a frozen bias inside; a trainable one (bias tuning beside
+    // LoRA) is added outside, where it gets `Σ_rows g`.
+    use lowrank_models::{BaseLinear, LinearLayer};
+    use lowrank_peft::LoraLinear;
+    let dev = Device::Cpu;
+    let m = tiny();
+    let cfg = LoraConfig { r: 4, alpha: 8.0, ..Default::default() };
+    let adapters = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &dev).unwrap();
+    perturb(&adapters);
+    let module = adapters.modules["model.layers.0.self_attn.v_proj"].clone();
+    let bias = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, 32, &dev).unwrap()).unwrap();
+    let base = BaseLinear { path: module.path.clone(), weight: m.weights.get_any("model.layers.0.self_attn.v_proj.weight").unwrap().into(), bias: Some(bias.as_tensor().clone()) };
+    let layer = LoraLinear { inner: std::sync::Arc::new(base), module, dropout: 0.0, rng: adapters.dropout_rng.clone() };
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 64), &dev).unwrap();
+    let probe = Tensor::randn(0f32, 1.0, (2, 3, 32), &dev).unwrap();
+    let g = (layer.forward_t(&x, true).unwrap() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let got = g.get(bias.as_tensor()).expect("a trainable bias got no gradient");
+    let want = probe.reshape((6, 32)).unwrap().sum(0).unwrap();
+    assert!(max_diff(got, &want) < 1e-5);
 }

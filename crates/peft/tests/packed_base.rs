@@ -30,7 +30,7 @@ fn packed_base_gives_the_dense_loss_and_gradients() {
         assert!(stored * 3 < as_f32, "{file}: {stored} bytes packed vs {as_f32} in f32");
 
         let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.2, targets: TargetSpec::Names(vec!["q_proj".into(), "v_proj".into()]), init_seed: 5, ..Default::default() };
-        let adapters = LoraAdapters::init(&cfg, &dense.config.linear_modules(), &dev).unwrap();
+        let adapters = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&dense.config).unwrap().linear_modules(), &dev).unwrap();
         for module in adapters.modules.values() {
             module.b.set(&(Tensor::randn(0f32, 0.1, module.b.dims(), &dev).unwrap())).unwrap();
         }

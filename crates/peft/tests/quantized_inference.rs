@@ -3,9 +3,10 @@
 //! the adapter merged first and quantized after (up to the quantization of the delta).
 use candle_core::{DType, Device, Tensor};
 use lowrank_models::generate::{generate, SamplingParams};
-use lowrank_models::quantized_linear::{parse_quantization, QuantizedSite};
-use lowrank_models::{load_model, Llama, PlainSite};
-use lowrank_peft::{LoraAdapters, LoraConfig, QuantizedLoraSite, TargetSpec};
+use lowrank_models::quantized_linear::{parse_quantization, QuantizedHook};
+use lowrank_models::{load_model, Llama, PlainHook};
+use lowrank_models::Hooks;
+use lowrank_peft::{LoraAdapters, LoraConfig, LoraSite, TargetSpec};
 use std::path::PathBuf;
 
 fn fx() -> PathBuf {
@@ -24,9 +25,9 @@ fn max_abs(t: &Tensor) -> f32 {
 fn q8_0_logits_are_close_to_f32_and_greedy_tokens_agree() {
     let m = load_model(&fx(), &Device::Cpu, DType::F32).unwrap();
     let cfg = m.config.as_llama().unwrap();
-    let plain = Llama::new(cfg, &m.weights, &PlainSite, &Device::Cpu).unwrap();
+    let plain = Llama::new(cfg, &m.weights, &PlainHook, &Device::Cpu).unwrap();
     let q8 = parse_quantization("q8_0").unwrap().unwrap();
-    let quant = Llama::new(cfg, &m.weights, &QuantizedSite { dtype: q8 }, &Device::Cpu).unwrap();
+    let quant = Llama::new(cfg, &m.weights, &QuantizedHook { dtype: q8 }, &Device::Cpu).unwrap();
     let a = plain.forward(&ids(), None, false).unwrap();
     let b = quant.forward(&ids(), None, false).unwrap();
     let (d, scale) = (max_abs(&(&a - &b).unwrap()), max_abs(&a));
@@ -45,16 +46,16 @@ fn unmerged_adapter_over_quantized_base_matches_merged_then_quantized() {
     let m = load_model(&fx(), &Device::Cpu, DType::F32).unwrap();
     let cfg = m.config.as_llama().unwrap();
     let lc = LoraConfig { r: 4, alpha: 8.0, targets: TargetSpec::Pattern("all-linear".into()), init_seed: 2, ..Default::default() };
-    let adapters = LoraAdapters::init(&lc, &m.config.linear_modules(), &Device::Cpu).unwrap();
+    let adapters = LoraAdapters::init(&lc, &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &Device::Cpu).unwrap();
     for module in adapters.modules.values() {
         module.b.set(&(Tensor::ones(module.b.dims(), DType::F32, &Device::Cpu).unwrap() * 0.05).unwrap()).unwrap();
     }
     let q8 = parse_quantization("q8_0").unwrap().unwrap();
-    let unmerged = Llama::new(cfg, &m.weights, &QuantizedLoraSite { adapters: &adapters, dtype: q8 }, &Device::Cpu).unwrap();
+    let unmerged = Llama::new(cfg, &m.weights, &Hooks(vec![&QuantizedHook { dtype: q8 }, &LoraSite { adapters: &adapters, dropout: 0.0 }]), &Device::Cpu).unwrap();
     let mut w = m.weights.clone();
     adapters.merge_into(&mut w).unwrap();
-    let merged = Llama::new(cfg, &w, &QuantizedSite { dtype: q8 }, &Device::Cpu).unwrap();
-    let exact = Llama::new(cfg, &w, &PlainSite, &Device::Cpu).unwrap();
+    let merged = Llama::new(cfg, &w, &QuantizedHook { dtype: q8 }, &Device::Cpu).unwrap();
+    let exact = Llama::new(cfg, &w, &PlainHook, &Device::Cpu).unwrap();
     let a = unmerged.forward(&ids(), None, false).unwrap();
     let b = merged.forward(&ids(), None, false).unwrap();
     let e = exact.forward(&ids(), None, false).unwrap();

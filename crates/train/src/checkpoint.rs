@@ -4,7 +4,7 @@ use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use candle_core::{DType, Device};
 use lowrank_models::weights::{read_safetensors, write_atomic, write_safetensors};
-use lowrank_peft::LoraAdapters;
+use lowrank_peft::Adapter;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,14 +28,14 @@ pub fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
 }
 
 /// Writes a checkpoint of `step` under `run_dir/checkpoints/`.
-pub fn save_checkpoint(run_dir: &Path, adapters: &LoraAdapters, opt: &AdamW, state: &TrainerState, info: &lowrank_peft::AdapterInfo) -> Result<PathBuf> {
+pub fn save_checkpoint(run_dir: &Path, adapter: &dyn Adapter, opt: &AdamW, state: &TrainerState, info: &lowrank_peft::AdapterInfo) -> Result<PathBuf> {
     let final_dir = checkpoint_dir(run_dir, state.step);
     let tmp = final_dir.with_extension("tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
-    // The native form: parts of fused layers (GPT-2 q/v in c_attn) resume exactly.
-    lowrank_peft::save_adapter_native(&tmp, adapters, info)?;
+    // The native form: exactly the trainable tensors (GPT-2's q/v parts in c_attn too).
+    lowrank_peft::save_adapter_native(&tmp, adapter, info)?;
     let mut moments = BTreeMap::new();
     for (i, (name, _)) in opt.vars.iter().enumerate() {
         moments.insert(format!("m.{name}"), opt.m[i].clone());
@@ -67,13 +67,13 @@ pub fn find_checkpoint(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Restores adapter values, optimizer moments and the state from a checkpoint folder.
-pub fn load_checkpoint(dir: &Path, adapters: &LoraAdapters, opt: &mut AdamW) -> Result<TrainerState> {
+pub fn load_checkpoint(dir: &Path, adapter: &dyn Adapter, opt: &mut AdamW) -> Result<TrainerState> {
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
     let state: TrainerState =
         serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path: state_path.clone(), reason: e.to_string() })?;
-    let weights = read_safetensors(&dir.join(lowrank_peft::peft_format::WEIGHTS_FILE), &Device::Cpu, Some(DType::F32))?;
-    for (name, var) in adapters.named_vars() {
+    let weights = read_safetensors(&dir.join(lowrank_peft::folder::WEIGHTS_FILE), &Device::Cpu, Some(DType::F32))?;
+    for (name, var) in adapter.named_vars() {
         let key = format!("base_model.model.{name}");
         let t = weights.get(&key).ok_or_else(|| TrainError::Checkpoint { path: dir.to_path_buf(), reason: format!("missing tensor `{key}` (was the run configured differently?)") })?;
         if t.dims() != var.dims() {

@@ -147,17 +147,36 @@ impl Default for ReportSection {
     }
 }
 
+/// Which PEFT method the run trains (`[peft] method = "lora"`); its settings are the section of
+/// the same name (`[lora]`, `[ia3]`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeftSection {
+    pub method: String,
+}
+
+impl Default for PeftSection {
+    fn default() -> Self {
+        Self { method: "lora".into() }
+    }
+}
+
 /// A whole run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
     pub model: ModelSection,
+    pub peft: PeftSection,
     pub lora: LoraConfig,
     pub data: DataSection,
     pub train: TrainSection,
     pub report: ReportSection,
     /// Run folder (overridden by `--output`).
     pub output: Option<String>,
+    /// The settings sections of the methods other than LoRA (`[ia3]`, ...) as written; the
+    /// method reads its own.
+    #[serde(skip)]
+    pub method_sections: std::collections::BTreeMap<String, toml::Value>,
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {
@@ -187,6 +206,13 @@ fn explain(msg: &str) -> String {
         Some(best) => format!("{} (did you mean `{best}`?)", msg.trim_end()),
         None => msg.to_string(),
     }
+}
+
+/// [`explain`], with the methods' section names among the top-level keys suggested.
+fn explain_with_sections(msg: &str) -> String {
+    let sections = lowrank_peft::methods::section_names().into_iter().filter(|s| *s != "lora").map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+    let msg = if msg.contains("expected one of `model`") && !sections.is_empty() { msg.replacen("expected one of `model`", &format!("expected one of {sections}, `model`"), 1) } else { msg.to_string() };
+    explain(&msg)
 }
 
 /// Expands a leading `~` and `$VAR` / `${VAR}` references.
@@ -249,8 +275,19 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut doc, o).map_err(cfg_err)?;
         }
-        let cfg: RunConfig = toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| cfg_err(explain(&e.to_string())))?;
-        cfg.validate(origin)?;
+        // The sections of the methods other than LoRA are the methods' to read.
+        let mut method_sections = std::collections::BTreeMap::new();
+        for name in lowrank_peft::methods::section_names() {
+            if name != "lora" {
+                if let Some(v) = doc.remove(name) {
+                    method_sections.insert(name.to_string(), v);
+                }
+            }
+        }
+        let has_lora_section = doc.contains_key("lora");
+        let mut cfg: RunConfig = toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| cfg_err(explain_with_sections(&e.to_string())))?;
+        cfg.method_sections = method_sections;
+        cfg.validate(origin, has_lora_section)?;
         Ok(cfg)
     }
 
@@ -259,7 +296,15 @@ impl RunConfig {
         Self::from_toml_str(&text, overrides, path)
     }
 
-    fn validate(&self, origin: &Path) -> Result<()> {
+    /// The run's method settings: its section as a TOML table (empty when not written).
+    pub fn method_settings(&self) -> toml::Value {
+        if self.peft.method == "lora" {
+            return toml::Value::try_from(&self.lora).unwrap_or_else(|_| toml::Value::Table(Default::default()));
+        }
+        self.method_sections.get(&self.peft.method).cloned().unwrap_or_else(|| toml::Value::Table(Default::default()))
+    }
+
+    fn validate(&self, origin: &Path, has_lora_section: bool) -> Result<()> {
         let bad = |reason: &str| Err(TrainError::Config { path: origin.to_path_buf(), reason: reason.to_string() });
         if self.model.path.is_empty() {
             return bad("model.path is required");
@@ -276,12 +321,26 @@ impl RunConfig {
         if !matches!(self.model.dtype.as_str(), "f32" | "bf16" | "f16") {
             return bad("model.dtype must be f32, bf16 or f16");
         }
-        self.lora.validate().map_err(|e| TrainError::Config { path: origin.to_path_buf(), reason: e.to_string() })?;
+        let method = lowrank_peft::methods::by_name(&self.peft.method).map_err(|e| TrainError::Config { path: origin.to_path_buf(), reason: format!("peft.method: {e}") })?;
+        // A section of one method beside another method is a mistake, not something to ignore.
+        let mut given: Vec<&str> = self.method_sections.keys().map(String::as_str).collect();
+        if has_lora_section {
+            given.push("lora");
+        }
+        if let Some(other) = given.iter().find(|s| **s != self.peft.method) {
+            return bad(&format!("[{other}] sets the settings of method `{other}`, but peft.method = \"{}\" (remove the section or set peft.method = \"{other}\")", self.peft.method));
+        }
+        method.check(&self.method_settings()).map_err(|e| TrainError::Config { path: origin.to_path_buf(), reason: e.to_string() })?;
         Ok(())
     }
 
+    /// The resolved settings as TOML (the run folder's `config.toml`), method sections included.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+        let Ok(toml::Value::Table(mut t)) = toml::Value::try_from(self) else { return String::new() };
+        for (name, section) in &self.method_sections {
+            t.insert(name.clone(), section.clone());
+        }
+        toml::to_string_pretty(&t).unwrap_or_default()
     }
 }
 

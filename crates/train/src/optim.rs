@@ -23,13 +23,25 @@ pub struct AdamW {
     pub v: Vec<Tensor>,
     /// Number of steps taken.
     pub t: usize,
+    /// Each variable's learning rate as a multiple of the schedule's (LoRA+); 1 by default.
+    pub lr_scales: Vec<f64>,
 }
 
 impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, params: AdamWParams) -> Result<Self> {
         let m = vars.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
         let v = m.clone();
-        Ok(Self { params, vars, m, v, t: 0 })
+        let lr_scales = vec![1.0; vars.len()];
+        Ok(Self { params, vars, m, v, t: 0, lr_scales })
+    }
+
+    /// Gives variable `i` the learning rate `scales[i] · lr` (one per variable).
+    pub fn with_lr_scales(mut self, scales: Vec<f64>) -> Result<Self> {
+        if scales.len() != self.vars.len() {
+            return Err(crate::error::TrainError::Invalid(format!("{} learning-rate scales for {} variables", scales.len(), self.vars.len())));
+        }
+        self.lr_scales = scales;
+        Ok(self)
     }
 
     /// One update with gradients `grads[i]` for `vars[i]` (None: no gradient, skipped) at `lr`:
@@ -41,6 +53,7 @@ impl AdamW {
         let bc2 = 1.0 - beta2.powi(self.t as i32);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = &grads[i] else { continue };
+            let lr = lr * self.lr_scales[i];
             let g = g.detach().to_dtype(DType::F32)?;
             let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;

@@ -8,7 +8,7 @@ use crate::error::{Result, TrainError};
 use crate::optim::{accumulate, clip_grad_norm, learning_rate, AdamW, AdamWParams};
 use candle_core::{Device, Tensor};
 use lowrank_models::CausalLm;
-use lowrank_peft::LoraAdapters;
+use lowrank_peft::Adapter;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -57,7 +57,7 @@ pub struct TrainSummary {
 /// Everything the loop works on.
 pub struct Trainer<'a> {
     pub model: &'a dyn CausalLm,
-    pub adapters: &'a LoraAdapters,
+    pub adapter: &'a dyn Adapter,
     pub train: &'a [Example],
     pub valid: &'a [Example],
     pub cfg: &'a TrainSection,
@@ -92,7 +92,7 @@ impl Trainer<'_> {
 
     pub fn optimizer(&self) -> Result<AdamW> {
         let c = self.cfg;
-        AdamW::new(self.adapters.named_vars(), AdamWParams { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay })
+        AdamW::new(self.adapter.named_vars(), AdamWParams { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay })?.with_lr_scales(self.adapter.lr_scales())
     }
 
     /// The micro-batch with global index `micro` (epoch = micro / batches_per_epoch).
@@ -156,7 +156,7 @@ impl Trainer<'_> {
             let mut tokens = 0usize;
             for (j, b) in micros.iter().enumerate() {
                 // Dropout masks are a function of (seed, step, micro-batch): resumable.
-                self.adapters.dropout_rng.reseed(c.seed ^ ((step * c.grad_accum + j) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+                self.adapter.reseed(c.seed ^ ((step * c.grad_accum + j) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
                 let (ids, mask) = batch_tensors(b, &dev)?;
                 let (value, _, g) = self.model.loss_and_grads(&ids, Some(&mask), &b.labels, c.label_smoothing as f32, 1.0 / denom as f64, &var_list)?;
                 loss_sum += value;
@@ -201,7 +201,7 @@ impl Trainer<'_> {
             obs.step(&log);
             if let Some(dir) = &self.run_dir {
                 if c.save_every > 0 && done % c.save_every == 0 && done < total {
-                    let p = save_checkpoint(dir, self.adapters, opt, &state, &self.adapter_info)?;
+                    let p = save_checkpoint(dir, self.adapter, opt, &state, &self.adapter_info)?;
                     obs.note(&format!("checkpoint {}", p.display()));
                 }
             }

@@ -7,7 +7,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use lowrank_models::{load_model, AnyModel, LoadedModel, ModelConfig};
-use lowrank_peft::{load_adapter, AdapterInfo, LoraAdapters, LoraConfig, LoraSite, TargetSpec};
+use lowrank_peft::{load_lora, AdapterInfo, LoraAdapters, LoraConfig, LoraSite, TargetSpec};
 use std::collections::BTreeMap;
 
 fn random_b(adapters: &LoraAdapters, seed: u64) {
@@ -38,14 +38,14 @@ fn check(fixture: &str, adapter_dir: &str, targets: TargetSpec, expect_modules: 
     let info = AdapterInfo::new(base, m.config.peft_task_type(), m.config.fan_in_fan_out());
     if std::env::var("LOWRANK_WRITE_FIXTURES").is_ok() {
         let cfg = LoraConfig { r: 4, alpha: 16.0, targets: targets.clone(), init_seed: 11, ..Default::default() };
-        let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &dev).unwrap();
+        let adapters = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &dev).unwrap();
         random_b(&adapters, 5);
         lowrank_peft::save_adapter(&dir, &adapters, &info).unwrap();
         let mut t = BTreeMap::new();
         t.insert("logits".to_string(), logits(&m, &adapters, &g));
         lowrank_models::weights::write_safetensors(&dir.join("logits.safetensors"), &t, None).unwrap();
     }
-    let loaded = load_adapter(&dir, &m.config.linear_modules(), &dev).unwrap();
+    let loaded = load_lora(&dir, &lowrank_models::model_layout(&m.config).unwrap(), &dev).unwrap();
     assert_eq!(loaded.adapters.modules.len(), expect_modules, "{adapter_dir}");
     let recorded = read_golden(&dir.join("logits.safetensors"));
     let d = max_abs_diff(&logits(&m, &loaded.adapters, &g), &recorded["logits"]);

@@ -8,8 +8,8 @@ use common::*;
 use lowrank_models::beam::{beam_search, BeamParams};
 use lowrank_models::generate::{generate, SamplingParams};
 use lowrank_models::gpt2::Gpt2;
-use lowrank_models::{load_model, CausalLm, LoadedModel, ModelConfig, PlainSite};
-use lowrank_peft::{load_adapter, AdapterInfo, LoraAdapters, LoraConfig, LoraSite, TargetSpec};
+use lowrank_models::{load_model, CausalLm, LoadedModel, ModelConfig, PlainHook};
+use lowrank_peft::{load_lora, AdapterInfo, LoraAdapters, LoraConfig, LoraSite, TargetSpec};
 use lowrank_train::optim::{collect_grads, AdamW, AdamWParams};
 use std::collections::BTreeMap;
 
@@ -23,7 +23,7 @@ fn loaded() -> LoadedModel {
     load_model(&fixture_dir("tiny-gpt2").join("hf"), &Device::Cpu, DType::F32).unwrap()
 }
 
-fn gpt2(m: &LoadedModel, site: &dyn lowrank_models::LinearSite) -> Gpt2 {
+fn gpt2(m: &LoadedModel, site: &dyn lowrank_models::BuildHook) -> Gpt2 {
     let ModelConfig::Gpt2(c) = &m.config else { panic!("not a GPT-2 config") };
     Gpt2::new(c, &m.weights, site, &Device::Cpu).unwrap()
 }
@@ -48,7 +48,7 @@ fn base_logits_and_loss_match_transformers() {
     let m = loaded();
     assert!(!m.weights.contains("lm_head.weight"));
     assert_eq!(m.weights.get_any("transformer.h.0.attn.c_attn.weight").unwrap().dims(), &[96, 32], "Conv1D (in, out) held as (out, in)");
-    let model = gpt2(&m, &PlainSite);
+    let model = gpt2(&m, &PlainHook);
     assert_logits(&model, &g, "base.logits");
     let (ours, want) = (mean_loss(&model, &g, 0.0), scalar(&g["base.loss"]));
     println!("base loss: ours {ours} torch {want}");
@@ -60,7 +60,7 @@ fn peft_adapters_reproduce_peft_logits_and_losses() {
     let g = golden();
     let m = loaded();
     for (dir, key, n) in [("peft-adapter", "peft.logits", 2), ("peft-adapter-all", "peft_all.logits", 8)] {
-        let a = load_adapter(&fixture_dir("tiny-gpt2").join(dir), &m.config.linear_modules(), &Device::Cpu).unwrap();
+        let a = load_lora(&fixture_dir("tiny-gpt2").join(dir), &lowrank_models::model_layout(&m.config).unwrap(), &Device::Cpu).unwrap();
         assert!(a.warnings.is_empty(), "{:?}", a.warnings);
         assert_eq!(a.adapters.modules.len(), n, "{dir}");
         let model = gpt2(&m, &LoraSite { adapters: &a.adapters, dropout: 0.0 });
@@ -76,7 +76,7 @@ fn peft_adapters_reproduce_peft_logits_and_losses() {
         let mut w = m.weights.clone();
         a.adapters.merge_into(&mut w).unwrap();
         let ModelConfig::Gpt2(c) = &m.config else { unreachable!() };
-        let merged = Gpt2::new(c, &w, &PlainSite, &Device::Cpu).unwrap();
+        let merged = Gpt2::new(c, &w, &PlainHook, &Device::Cpu).unwrap();
         assert_logits(&merged, &g, key);
     }
 }
@@ -85,7 +85,7 @@ fn peft_adapters_reproduce_peft_logits_and_losses() {
 fn lora_gradients_and_three_adamw_steps_match_pytorch() {
     let g = golden();
     let m = loaded();
-    let adapters = load_adapter(&fixture_dir("tiny-gpt2").join("peft-adapter"), &m.config.linear_modules(), &Device::Cpu).unwrap().adapters;
+    let adapters = load_lora(&fixture_dir("tiny-gpt2").join("peft-adapter"), &lowrank_models::model_layout(&m.config).unwrap(), &Device::Cpu).unwrap().adapters;
     let model = gpt2(&m, &LoraSite { adapters: &adapters, dropout: 0.0 });
     let labels = rows_i64(&g["labels"]);
     let vars: Vec<(String, candle_core::Var)> = adapters.named_vars().into_iter().map(|(n, v)| (format!("base_model.model.{n}"), v)).collect();
@@ -117,11 +117,11 @@ fn lora_gradients_and_three_adamw_steps_match_pytorch() {
 
 fn peft_model() -> Gpt2 {
     let m = loaded();
-    let a = load_adapter(&fixture_dir("tiny-gpt2").join("peft-adapter"), &m.config.linear_modules(), &Device::Cpu).unwrap();
+    let a = load_lora(&fixture_dir("tiny-gpt2").join("peft-adapter"), &lowrank_models::model_layout(&m.config).unwrap(), &Device::Cpu).unwrap();
     let mut w = m.weights.clone();
     a.adapters.merge_into(&mut w).unwrap();
     let ModelConfig::Gpt2(c) = &m.config else { unreachable!() };
-    Gpt2::new(c, &w, &PlainSite, &Device::Cpu).unwrap()
+    Gpt2::new(c, &w, &PlainHook, &Device::Cpu).unwrap()
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn greedy_and_beam_match_transformers_generate() {
     let greedy = SamplingParams { max_new_tokens: 12, ignore_stop: true, ..Default::default() };
     let got = generate(&model, &[prompt.clone()], &greedy, EOS).unwrap();
     assert_eq!(got[0], ids_u32(&g["greedy.output_ids"])[0][5..].to_vec(), "greedy");
-    let base = gpt2(&loaded(), &PlainSite);
+    let base = gpt2(&loaded(), &PlainHook);
     let got = generate(&base, &[prompt.clone()], &greedy, EOS).unwrap();
     assert_eq!(got[0], ids_u32(&g["greedy.base_output_ids"])[0][5..].to_vec(), "base greedy");
     let beam = BeamParams { num_beams: 3, max_new_tokens: 12, min_new_tokens: 12, length_penalty: 1.0, no_repeat_ngram_size: 0, early_stopping: true, eos_ids: vec![EOS] };
@@ -161,7 +161,7 @@ fn left_padded_batch_decodes_like_transformers() {
 /// MergedLinear with enable_lora = [True, False, True]).
 fn qv_parts(m: &LoadedModel, r: usize) -> LoraAdapters {
     let cfg = LoraConfig { r, alpha: 32.0, targets: TargetSpec::Names(vec!["q".into(), "v".into()]), init_seed: 3, ..Default::default() };
-    let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &Device::Cpu).unwrap();
+    let adapters = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &Device::Cpu).unwrap();
     let mut rng = lowrank_models::generate::SplitMix64(9);
     for module in adapters.modules.values() {
         let v: Vec<f32> = (0..module.b.elem_count()).map(|_| (rng.next_f64() as f32 - 0.5) * 0.2).collect();
@@ -203,7 +203,7 @@ fn separate_q_v_lora_touches_only_the_q_and_v_blocks() {
     // Forward through the unmerged parts equals the merged model.
     let live = gpt2(&m, &LoraSite { adapters: &adapters, dropout: 0.0 });
     let ModelConfig::Gpt2(c) = &m.config else { unreachable!() };
-    let fused = Gpt2::new(c, &merged, &PlainSite, &Device::Cpu).unwrap();
+    let fused = Gpt2::new(c, &merged, &PlainHook, &Device::Cpu).unwrap();
     let mask = &g["attention_mask"];
     let a = live.forward(&g["input_ids"], Some(mask), false).unwrap();
     let b = fused.forward(&g["input_ids"], Some(mask), false).unwrap();
@@ -236,7 +236,7 @@ fn q_v_parts_export_to_an_equivalent_peft_adapter_and_resume_natively() {
     let mask = &g["attention_mask"];
     let reference = gpt2(&m, &LoraSite { adapters: &adapters, dropout: 0.0 }).forward(&g["input_ids"], Some(mask), false).unwrap();
     for (form, n) in [("peft", 2), ("native", 4)] {
-        let a = load_adapter(&dir.path().join(form), &m.config.linear_modules(), &Device::Cpu).unwrap().adapters;
+        let a = load_lora(&dir.path().join(form), &lowrank_models::model_layout(&m.config).unwrap(), &Device::Cpu).unwrap().adapters;
         assert_eq!(a.modules.len(), n, "{form}");
         assert_eq!(a.trainable_parameters(), if form == "peft" { 2 * 8 * (32 + 96) } else { adapters.trainable_parameters() });
         let logits = gpt2(&m, &LoraSite { adapters: &a, dropout: 0.0 }).forward(&g["input_ids"], Some(mask), false).unwrap();
@@ -253,17 +253,17 @@ fn trainable_counts_equal_peft_and_loralib_for_gpt2_medium() {
     let mc = ModelConfig::from_json(&cfg, std::path::Path::new("gpt2-medium/config.json")).unwrap();
     let count = |targets: Vec<&str>| {
         let c = LoraConfig { r: 4, alpha: 32.0, targets: TargetSpec::Names(targets.into_iter().map(String::from).collect()), ..Default::default() };
-        LoraAdapters::init(&c, &mc.linear_modules(), &Device::Cpu).unwrap().trainable_parameters()
+        LoraAdapters::init(&c, &lowrank_models::model_layout(&mc).unwrap().linear_modules(), &Device::Cpu).unwrap().trainable_parameters()
     };
     assert_eq!(count(vec!["q", "v"]), 393_216);
     assert_eq!(count(vec!["c_attn"]), 393_216);
     // c_attn + attn.c_proj + mlp.c_fc + mlp.c_proj.
     assert_eq!(count(vec!["c_attn", "c_proj", "c_fc"]), 24 * 4 * ((1024 + 3072) + (1024 + 1024) + (1024 + 4096) + (4096 + 1024)));
     let all = LoraConfig { r: 4, targets: TargetSpec::Pattern("all-linear".into()), ..Default::default() };
-    let a = LoraAdapters::init(&all, &mc.linear_modules(), &Device::Cpu).unwrap();
+    let a = LoraAdapters::init(&all, &lowrank_models::model_layout(&mc).unwrap().linear_modules(), &Device::Cpu).unwrap();
     assert_eq!(a.modules.len(), 24 * 4, "all-linear leaves out the virtual q/k/v parts");
     let both = LoraConfig { targets: TargetSpec::Names(vec!["c_attn".into(), "q".into()]), ..Default::default() };
-    let err = LoraAdapters::init(&both, &mc.linear_modules(), &Device::Cpu).err().expect("c_attn and its part together").to_string();
+    let err = LoraAdapters::init(&both, &lowrank_models::model_layout(&mc).unwrap().linear_modules(), &Device::Cpu).err().expect("c_attn and its part together").to_string();
     assert!(err.contains("c_attn") && err.contains("both"), "{err}");
 }
 

@@ -5,8 +5,8 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use lowrank_models::weights::read_safetensors;
-use lowrank_models::{load_model, Llama, PlainSite};
-use lowrank_peft::{load_adapter, LoraSite};
+use lowrank_models::{load_model, Llama, PlainHook};
+use lowrank_peft::{load_lora, LoraSite};
 use lowrank_train::optim::{collect_grads, AdamW, AdamWParams};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ fn golden() -> BTreeMap<String, Tensor> {
 fn base_logits_match_transformers() {
     let g = golden();
     let m = load_model(&fixtures().join("hf"), &Device::Cpu, DType::F32).unwrap();
-    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap();
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainHook, &Device::Cpu).unwrap();
     let mask = &g["attention_mask"];
     let logits = model.forward(&g["input_ids"], Some(mask), false).unwrap();
     let (d, scale) = max_diff_masked(&logits, &g["base.logits"], &rows_i64(mask));
@@ -36,7 +36,7 @@ fn qwen2_logits_match_transformers() {
     let g = golden();
     let m = load_model(&fixtures().join("hf-qwen2"), &Device::Cpu, DType::F32).unwrap();
     assert!(m.config.as_llama().unwrap().attention_bias && !m.config.tie_word_embeddings());
-    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainSite, &Device::Cpu).unwrap();
+    let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &PlainHook, &Device::Cpu).unwrap();
     let mask = &g["attention_mask"];
     let logits = model.forward(&g["input_ids"], Some(mask), false).unwrap();
     let (d, scale) = max_diff_masked(&logits, &g["qwen2.logits"], &rows_i64(mask));
@@ -48,7 +48,7 @@ fn check_adapter(dir: &str, prefix: &str) {
     let g = golden();
     let dev = Device::Cpu;
     let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
-    let loaded = load_adapter(&fixtures().join(dir), &m.config.linear_modules(), &dev).unwrap();
+    let loaded = load_lora(&fixtures().join(dir), &lowrank_models::model_layout(&m.config).unwrap(), &dev).unwrap();
     let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &loaded.adapters, dropout: 0.0 }, &dev).unwrap();
     let mask = &g["attention_mask"];
     let logits = model.forward(&g["input_ids"], Some(mask), false).unwrap();
@@ -77,7 +77,7 @@ fn rslora_adapter_reproduces_peft_logits_and_loss() {
 fn model_with_peft_adapter() -> (Llama, lowrank_peft::LoraAdapters) {
     let dev = Device::Cpu;
     let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
-    let adapters = load_adapter(&fixtures().join("peft-adapter"), &m.config.linear_modules(), &dev).unwrap().adapters;
+    let adapters = load_lora(&fixtures().join("peft-adapter"), &lowrank_models::model_layout(&m.config).unwrap(), &dev).unwrap().adapters;
     let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
     (model, adapters)
 }
@@ -184,7 +184,7 @@ fn our_adapter_fixture_reproduces_its_recorded_logits() {
     let m = load_model(&fixtures().join("hf"), &dev, DType::F32).unwrap();
     if std::env::var("LOWRANK_WRITE_FIXTURES").is_ok() {
         let cfg = LoraConfig { r: 4, alpha: 16.0, targets: TargetSpec::Pattern("all-linear".into()), init_seed: 11, ..Default::default() };
-        let adapters = LoraAdapters::init(&cfg, &m.config.linear_modules(), &dev).unwrap();
+        let adapters = LoraAdapters::init(&cfg, &lowrank_models::model_layout(&m.config).unwrap().linear_modules(), &dev).unwrap();
         let mut rng = lowrank_models::generate::SplitMix64(5);
         for module in adapters.modules.values() {
             let n = module.b.elem_count();
@@ -198,7 +198,7 @@ fn our_adapter_fixture_reproduces_its_recorded_logits() {
         t.insert("logits".to_string(), logits);
         lowrank_models::weights::write_safetensors(&dir.join("logits.safetensors"), &t, None).unwrap();
     }
-    let loaded = load_adapter(&dir, &m.config.linear_modules(), &dev).unwrap();
+    let loaded = load_lora(&dir, &lowrank_models::model_layout(&m.config).unwrap(), &dev).unwrap();
     assert_eq!(loaded.adapters.modules.len(), 14);
     let model = Llama::new(m.config.as_llama().unwrap(), &m.weights, &LoraSite { adapters: &loaded.adapters, dropout: 0.0 }, &dev).unwrap();
     let logits = model.forward(&g["input_ids"], Some(&g["attention_mask"]), false).unwrap();

@@ -10,7 +10,7 @@ use lowrank_models::t5::T5;
 use lowrank_models::t5_config::T5Config;
 use lowrank_models::weights::{load_hf_weights, read_safetensors, Weights};
 use lowrank_models::ModelConfig;
-use lowrank_peft::{load_adapter, LoraSite};
+use lowrank_peft::{load_lora, LoraSite};
 use lowrank_train::optim::{collect_grads, AdamW, AdamWParams};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ fn check_adapter(version: &str, dir: &str, prefix: &str, n_modules: usize) {
     let g = golden(version);
     let dev = Device::Cpu;
     let (cfg, w) = base(version);
-    let loaded = load_adapter(&fx(version).join(dir), &cfg.linear_modules(), &dev).unwrap();
+    let loaded = load_lora(&fx(version).join(dir), &lowrank_models::model_layout(&lowrank_models::ModelConfig::T5(cfg.clone())).unwrap(), &dev).unwrap();
     assert_eq!(loaded.adapters.modules.len(), n_modules, "{version} {dir}");
     let model = T5::new(&cfg, &w, &LoraSite { adapters: &loaded.adapters, dropout: 0.0 }, &dev).unwrap();
     let (ids, mask) = (&g["input_ids"], &g["attention_mask"]);
@@ -80,7 +80,7 @@ fn lora_gradients_and_three_adamw_steps_match_pytorch() {
         let g = golden(v);
         let dev = Device::Cpu;
         let (cfg, w) = base(v);
-        let adapters = load_adapter(&fx(v).join("peft-adapter"), &cfg.linear_modules(), &dev).unwrap().adapters;
+        let adapters = load_lora(&fx(v).join("peft-adapter"), &lowrank_models::model_layout(&lowrank_models::ModelConfig::T5(cfg.clone())).unwrap(), &dev).unwrap().adapters;
         let model = T5::new(&cfg, &w, &LoraSite { adapters: &adapters, dropout: 0.0 }, &dev).unwrap();
         let (ids, mask) = (&g["input_ids"], &g["attention_mask"]);
         let labels = rows_i64(&g["labels"]);

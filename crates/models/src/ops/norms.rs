@@ -9,6 +9,16 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     xf.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(weight)
 }
 
+/// LayerNorm with weight and bias over the last dimension (differentiable composition).
+/// `x: (..., d) -> (..., d)`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
 /// `[-x2, x1]` for `x = [x1, x2]` split on the last dimension.
 pub fn rotate_half(x: &Tensor) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;

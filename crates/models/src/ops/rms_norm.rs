@@ -1,4 +1,5 @@
-//! Fused RMSNorm with an explicit backward: `x: (..., d)`, frozen `w: (d)` → `(..., d)`.
+//! Fused RMSNorm with an explicit backward: `x: (..., d)`, frozen `w: (d)` → `(..., d)` (a
+//! trainable `w` gets its gradient through [`rms_norm`]'s split, see there).
 //! Forward `y = x · r · w` with `r = 1/sqrt(mean(x²) + eps)`; backward
 //! `dx = r · (g⊙w − x · r² · mean(g⊙w⊙x))`. Saves nothing but `x` for the backward.
 use super::cpu_util::{cuda_ok, f32_slice, fused_ok, msg, with_f32};
@@ -83,6 +84,14 @@ impl CustomOp2 for RmsNormGrad {
 
 /// RMSNorm: fused on CPU f32, the differentiable composition elsewhere.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if weight.is_variable() || weight.track_op() {
+        // A trainable weight (LN tuning): the fused op normalises with a weight of ones (its
+        // backward gives dx), and the product with the weight is a plain op whose backward
+        // gives `dw = Σ_rows g ⊙ x·r`: the fused op alone would return no gradient for it.
+        let d = weight.dim(0)?;
+        let normed = rms_norm(x, &Tensor::ones(d, x.dtype(), x.device())?, eps)?;
+        return normed.broadcast_mul(weight);
+    }
     if (fused_ok(x) && fused_ok(weight)) || (cuda_ok(x) && weight.device().same_device(x.device()) && weight.dtype() == x.dtype()) {
         x.contiguous()?.apply_op1(RmsNorm { weight: weight.contiguous()?, eps: eps as f32 })
     } else {

@@ -1,17 +1,17 @@
-//! Hugging Face PEFT's adapter folder: `adapter_config.json` + `adapter_model.safetensors`
-//! with keys `base_model.model.<module path>.lora_A.weight` / `.lora_B.weight`.
+//! LoRA's adapter folder as Hugging Face PEFT writes it: `adapter_config.json` with
+//! `peft_type: "LORA"` and keys `base_model.model.<module path>.lora_A.weight` / `.lora_B.weight`.
+use super::parts::{export_fused, group_parts, part_of, PART_NAMES};
+use super::{LoraAdapters, LoraConfig, LoraModule};
+use crate::adapter::AdapterInfo;
+use crate::dropout::DropoutRng;
 use crate::error::{PeftError, Result};
-use crate::lora::{DropoutRng, LoraAdapters, LoraConfig, LoraModule};
+use crate::folder::{write_folder, AdapterFolder, PREFIX};
 use crate::targets::TargetSpec;
 use candle_core::{DType, Device, Var};
-use lowrank_models::weights::{read_safetensors, write_atomic, write_safetensors};
+use lowrank_models::ModelLayout;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-pub const CONFIG_FILE: &str = "adapter_config.json";
-pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
-const PREFIX: &str = "base_model.model.";
 
 /// Keys PEFT writes in a LoRA `adapter_config.json`; others are reported as warnings.
 const KNOWN_KEYS: &[&str] = &[
@@ -24,22 +24,6 @@ const KNOWN_KEYS: &[&str] = &[
     "arrow_config", "ensure_weight_tying", "kasa_config", "lora_ga_config", "monteclora_config",
     "use_bdlora", "velora_config",
 ];
-
-/// What an adapter folder records about the model it belongs to.
-#[derive(Debug, Clone)]
-pub struct AdapterInfo {
-    pub base_model: String,
-    /// `CAUSAL_LM` or `SEQ_2_SEQ_LM`.
-    pub task_type: String,
-    /// The model's adapted layers are Conv1D (GPT-2): PEFT's `fan_in_fan_out`.
-    pub fan_in_fan_out: bool,
-}
-
-impl AdapterInfo {
-    pub fn new(base_model: impl Into<String>, task_type: impl Into<String>, fan_in_fan_out: bool) -> Self {
-        Self { base_model: base_model.into(), task_type: task_type.into(), fan_in_fan_out }
-    }
-}
 
 fn leaves<'a>(paths: impl Iterator<Item = &'a String>) -> Vec<String> {
     let mut leaves: Vec<String> = paths.map(|p| p.rsplit('.').next().unwrap_or(p).to_string()).collect();
@@ -82,20 +66,10 @@ pub fn adapter_config_json(adapters: &LoraAdapters, info: &AdapterInfo) -> Value
     })
 }
 
-fn write_folder(dir: &Path, tensors: BTreeMap<String, candle_core::Tensor>, cfg: &Value) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| PeftError::Io { path: dir.to_path_buf(), source })?;
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, Some(meta))?;
-    let text = serde_json::to_string_pretty(cfg).map_err(|source| PeftError::Json { path: dir.join(CONFIG_FILE), source })?;
-    write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
-    Ok(())
-}
-
 /// Writes the adapter as lowrank holds it (each file atomically): parts of fused layers keep
 /// their own factors (`…c_attn.q.lora_A.weight`). Checkpoints use this form; lowrank reads it
 /// back exactly. Without parts it is the same as [`save_adapter`].
-pub fn save_adapter_native(dir: &Path, adapters: &LoraAdapters, info: &AdapterInfo) -> Result<()> {
+pub fn save_lora_native(dir: &Path, adapters: &LoraAdapters, info: &AdapterInfo) -> Result<()> {
     let mut tensors = BTreeMap::new();
     for (name, var) in adapters.named_vars() {
         tensors.insert(format!("{PREFIX}{name}"), var.as_tensor().to_dtype(DType::F32)?);
@@ -107,10 +81,10 @@ pub fn save_adapter_native(dir: &Path, adapters: &LoraAdapters, info: &AdapterIn
 /// parts of a fused layer (GPT-2's q and v inside `c_attn`) is written as the equivalent LoRA of
 /// rank `Σ r` on the fused layer, B zero in the rows of the parts left out, with `rank_pattern`
 /// and `alpha_pattern` entries for it: the same function, loadable everywhere.
-pub fn save_adapter(dir: &Path, adapters: &LoraAdapters, info: &AdapterInfo) -> Result<()> {
-    let groups = crate::fused_parts::group_parts(&adapters.modules);
+pub fn save_lora(dir: &Path, adapters: &LoraAdapters, info: &AdapterInfo) -> Result<()> {
+    let groups = group_parts(&adapters.modules);
     if groups.is_empty() {
-        return save_adapter_native(dir, adapters, info);
+        return save_lora_native(dir, adapters, info);
     }
     let c = &adapters.config;
     let mut tensors = BTreeMap::new();
@@ -124,8 +98,8 @@ pub fn save_adapter(dir: &Path, adapters: &LoraAdapters, info: &AdapterInfo) -> 
     }
     for (parent, parts) in &groups {
         let full = adapters.modules.get(parent);
-        let d_out = full.map(|m| m.d_out()).unwrap_or_else(|| parts.iter().map(|(m, _)| m.d_out()).max().unwrap_or(0) * crate::fused_parts::PART_NAMES.len());
-        let e = crate::fused_parts::export_fused(full, parts, d_out, c.use_rslora)?;
+        let d_out = full.map(|m| m.d_out()).unwrap_or_else(|| parts.iter().map(|(m, _)| m.d_out()).max().unwrap_or(0) * PART_NAMES.len());
+        let e = export_fused(full, parts, d_out, c.use_rslora)?;
         tensors.insert(format!("{PREFIX}{parent}.lora_A.weight"), e.a);
         tensors.insert(format!("{PREFIX}{parent}.lora_B.weight"), e.b);
         fused_ranks.push((e.r, e.alpha));
@@ -149,41 +123,20 @@ pub fn save_adapter(dir: &Path, adapters: &LoraAdapters, info: &AdapterInfo) -> 
     write_folder(dir, tensors, &cfg)
 }
 
-/// A loaded adapter and what was noticed while reading it.
-pub struct LoadedAdapter {
-    pub adapters: LoraAdapters,
-    pub warnings: Vec<String>,
-    pub task_type: Option<String>,
-}
-
-fn req<'a>(v: &'a Value, key: &str, path: &Path) -> Result<&'a Value> {
-    v.get(key).filter(|x| !x.is_null()).ok_or_else(|| PeftError::MissingKey { path: path.to_path_buf(), key: key.into() })
-}
-
-/// Reads a LoRA adapter config into a [`LoraConfig`] (with warnings for unknown keys).
-pub fn read_adapter_config(path: &Path) -> Result<(LoraConfig, Value, Vec<String>)> {
-    let text = std::fs::read_to_string(path).map_err(|source| PeftError::Io { path: path.to_path_buf(), source })?;
-    let v: Value = serde_json::from_str(&text).map_err(|source| PeftError::Json { path: path.to_path_buf(), source })?;
-    let obj = v.as_object().ok_or_else(|| PeftError::InvalidConfig { path: path.to_path_buf(), reason: "not a JSON object".into() })?;
-    let warnings: Vec<String> = obj
-        .keys()
-        .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
-        .map(|k| format!("{}: unknown key `{k}` ignored", path.display()))
-        .collect();
-    let peft_type = req(&v, "peft_type", path)?.as_str().unwrap_or_default();
-    if peft_type != "LORA" {
-        return Err(PeftError::InvalidConfig { path: path.to_path_buf(), reason: format!("peft_type `{peft_type}` is not supported here (LORA)") });
-    }
-    let bad = |key: &str, what: &str| PeftError::InvalidConfig { path: path.to_path_buf(), reason: format!("`{key}` must be {what}") };
-    let r = req(&v, "r", path)?.as_u64().ok_or_else(|| bad("r", "a positive integer"))? as usize;
-    let alpha = req(&v, "lora_alpha", path)?.as_f64().ok_or_else(|| bad("lora_alpha", "a number"))?;
-    let targets = match req(&v, "target_modules", path)? {
+/// Reads a LoRA `adapter_config.json` (already parsed in `folder`) into a [`LoraConfig`].
+pub fn config_from_folder(folder: &mut AdapterFolder) -> Result<LoraConfig> {
+    folder.warn_unknown_keys(KNOWN_KEYS);
+    let v = folder.config.clone();
+    let bad = |key: &str, what: &str| folder.invalid(format!("`{key}` must be {what}"));
+    let r = folder.required("r")?.as_u64().filter(|&r| r > 0).ok_or_else(|| bad("r", "a positive integer"))? as usize;
+    let alpha = folder.required("lora_alpha")?.as_f64().ok_or_else(|| bad("lora_alpha", "a number"))?;
+    let targets = match folder.required("target_modules")? {
         Value::String(s) => TargetSpec::Pattern(s.clone()),
         Value::Array(a) => TargetSpec::Names(a.iter().filter_map(|x| x.as_str().map(String::from)).collect()),
         _ => return Err(bad("target_modules", "a list of names or a string")),
     };
     if v.get("use_dora").and_then(Value::as_bool).unwrap_or(false) {
-        return Err(PeftError::InvalidConfig { path: path.to_path_buf(), reason: "use_dora = true is not supported yet".into() });
+        return Err(folder.invalid("use_dora = true is not supported yet"));
     }
     let map_usize = |key: &str| -> BTreeMap<String, usize> {
         v.get(key).and_then(Value::as_object).map(|o| o.iter().filter_map(|(k, x)| x.as_u64().map(|n| (k.clone(), n as usize))).collect()).unwrap_or_default()
@@ -196,7 +149,7 @@ pub fn read_adapter_config(path: &Path) -> Result<(LoraConfig, Value, Vec<String
         Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
         _ => vec![],
     };
-    let cfg = LoraConfig {
+    Ok(LoraConfig {
         r,
         alpha,
         dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
@@ -206,51 +159,38 @@ pub fn read_adapter_config(path: &Path) -> Result<(LoraConfig, Value, Vec<String
         rank_pattern: map_usize("rank_pattern"),
         alpha_pattern: map_f64("alpha_pattern"),
         init_seed: 0,
-    };
-    Ok((cfg, v, warnings))
+    })
 }
 
-/// Loads an adapter folder for a model whose linear layers are `linear_modules: (path, d_in, d_out)`.
-/// Every tensor's module must exist and its shape must fit.
-pub fn load_adapter(dir: &Path, linear_modules: &[(String, usize, usize)], device: &Device) -> Result<LoadedAdapter> {
-    let cfg_path = dir.join(CONFIG_FILE);
-    let (config, raw, mut warnings) = read_adapter_config(&cfg_path)?;
-    let st_path = dir.join(WEIGHTS_FILE);
-    if !st_path.exists() {
-        let alt = dir.join("adapter_model.bin");
-        let reason = if alt.exists() { "only adapter_model.bin (pickle) found; save with safe_serialization=True" } else { "file not found" };
-        return Err(PeftError::Io { path: st_path, source: std::io::Error::new(std::io::ErrorKind::NotFound, reason) });
-    }
-    let tensors = read_safetensors(&st_path, device, Some(DType::F32))?;
+/// The LoRA adapter of a PEFT folder for a model of `layout`: every tensor's module must exist
+/// and its shape must fit.
+pub fn lora_from_folder(folder: &mut AdapterFolder, layout: &ModelLayout, _device: &Device) -> Result<LoraAdapters> {
+    let config = config_from_folder(folder)?;
+    let st_path = folder.weights_path();
+    let linear_modules = layout.linear_modules();
     let shapes: BTreeMap<&str, (usize, usize)> = linear_modules.iter().map(|(p, i, o)| (p.as_str(), (*i, *o))).collect();
     let paths: Vec<&str> = linear_modules.iter().map(|(p, _, _)| p.as_str()).collect();
     let mut a_map = BTreeMap::new();
     let mut b_map = BTreeMap::new();
-    for (key, t) in tensors {
-        let Some(rest) = key.strip_prefix(PREFIX) else {
-            warnings.push(format!("{}: tensor `{key}` ignored (not under `{PREFIX}`)", st_path.display()));
-            continue;
-        };
+    for (rest, t) in &folder.tensors {
+        let key = format!("{PREFIX}{rest}");
         let (module, is_a) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
             (m.to_string(), true)
         } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
             (m.to_string(), false)
         } else {
-            warnings.push(format!("{}: tensor `{key}` ignored (not a LoRA factor)", st_path.display()));
+            folder.warnings.push(format!("{}: tensor `{key}` ignored (not a LoRA factor)", st_path.display()));
             continue;
         };
         if !shapes.contains_key(module.as_str()) {
             return Err(PeftError::UnknownModule { file: st_path.clone(), key, module });
         }
-        if is_a { a_map.insert(module, (key, t)) } else { b_map.insert(module, (key, t)) };
+        if is_a { a_map.insert(module, (key, t.clone())) } else { b_map.insert(module, (key, t.clone())) };
     }
     let mut modules = BTreeMap::new();
     for (module, (a_key, a)) in a_map {
         let (d_in, d_out) = shapes[module.as_str()];
-        let (b_key, b) = b_map.remove(&module).ok_or_else(|| PeftError::MissingTensor {
-            file: st_path.clone(),
-            key: format!("{PREFIX}{module}.lora_B.weight"),
-        })?;
+        let (b_key, b) = b_map.remove(&module).ok_or_else(|| PeftError::MissingTensor { file: st_path.clone(), key: format!("{PREFIX}{module}.lora_B.weight") })?;
         let a_dims = a.dims().to_vec();
         if a_dims.len() != 2 || a_dims[1] != d_in {
             return Err(PeftError::ShapeMismatch { file: st_path.clone(), key: a_key, module, expected: vec![a_dims.first().copied().unwrap_or(0), d_in], actual: a_dims });
@@ -261,7 +201,7 @@ pub fn load_adapter(dir: &Path, linear_modules: &[(String, usize, usize)], devic
         }
         let (_, alpha) = config.rank_alpha(&module)?;
         let scale = config.scale(r, alpha);
-        let part = crate::fused_parts::part_of(&module, &paths);
+        let part = part_of(&module, &paths);
         modules.insert(module.clone(), LoraModule { path: module, a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, r, alpha, scale, part });
     }
     if let Some((_, (key, _))) = b_map.into_iter().next() {
@@ -270,6 +210,24 @@ pub fn load_adapter(dir: &Path, linear_modules: &[(String, usize, usize)], devic
     if modules.is_empty() {
         return Err(PeftError::InvalidConfig { path: st_path, reason: "no LoRA tensors found".into() });
     }
-    let task_type = raw.get("task_type").and_then(Value::as_str).map(String::from);
-    Ok(LoadedAdapter { adapters: LoraAdapters { config, modules, dropout_rng: DropoutRng::new(0) }, warnings, task_type })
+    Ok(LoraAdapters { config, modules, dropout_rng: DropoutRng::new(0) })
+}
+
+/// A LoRA folder read as LoRA (tests and tools that need LoRA's own types).
+pub struct LoadedLora {
+    pub adapters: LoraAdapters,
+    pub warnings: Vec<String>,
+    pub task_type: Option<String>,
+}
+
+/// Reads the LoRA adapter folder `dir` for a model of `layout`.
+pub fn load_lora(dir: &Path, layout: &ModelLayout, device: &Device) -> Result<LoadedLora> {
+    let mut folder = AdapterFolder::read(dir, device)?;
+    let peft_type = folder.required("peft_type")?.as_str().unwrap_or_default().to_string();
+    if peft_type != "LORA" {
+        return Err(folder.invalid(format!("peft_type `{peft_type}` is not LORA")));
+    }
+    let adapters = lora_from_folder(&mut folder, layout, device)?;
+    let task_type = folder.config.get("task_type").and_then(Value::as_str).map(String::from);
+    Ok(LoadedLora { adapters, warnings: folder.warnings, task_type })
 }

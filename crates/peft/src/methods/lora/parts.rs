@@ -3,10 +3,11 @@
 //! while k stays untouched. The parts appear as virtual modules under the fused one
 //! (`transformer.h.0.attn.c_attn.q`, `.k`, `.v`, each `(d, d)`); part `i` owns output rows
 //! `i·d .. (i+1)·d` of the fused layer.
+use super::LoraModule;
+use crate::dropout::DropoutRng;
 use crate::error::{PeftError, Result};
-use crate::lora::{DropoutRng, LoraModule};
 use candle_core::Tensor;
-use lowrank_models::{BaseLinear, LinearLayer};
+use lowrank_models::{LinearInfo, LinearLayer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -46,8 +47,7 @@ impl LinearLayer for PartsLoraLinear {
         let y = self.inner.forward_t(x, train)?;
         let rows = x.elem_count() / self.d_in;
         let mut xa = x.reshape((rows, self.d_in))?;
-        if train && self.dropout > 0.0 {
-            let mask = Tensor::from_vec(self.rng.mask(&self.path, rows * self.d_in, self.dropout), (rows, self.d_in), x.device())?.to_dtype(x.dtype())?;
+        if let Some(mask) = self.rng.mask_like(&self.path, x, self.dropout, train)? {
             xa = (xa * mask)?;
         }
         let mut pieces = Vec::new();
@@ -71,9 +71,9 @@ impl LinearLayer for PartsLoraLinear {
     }
 }
 
-/// Builds the layer for `base` when adapters exist for its parts.
-pub fn parts_layer(base: &BaseLinear, inner: Arc<dyn LinearLayer>, parts: Vec<(LoraModule, usize)>, dropout: f64, rng: DropoutRng) -> Arc<dyn LinearLayer> {
-    Arc::new(PartsLoraLinear { path: base.path.clone(), inner, d_in: base.d_in(), d_out: base.d_out(), parts, dropout, rng })
+/// Builds the layer for the fused module `info` when adapters exist for its parts.
+pub fn parts_layer(info: &LinearInfo, inner: Arc<dyn LinearLayer>, parts: Vec<(LoraModule, usize)>, dropout: f64, rng: DropoutRng) -> Arc<dyn LinearLayer> {
+    Arc::new(PartsLoraLinear { path: info.path.clone(), inner, d_in: info.d_in, d_out: info.d_out, parts, dropout, rng })
 }
 
 /// One PEFT-loadable module that equals the whole-layer LoRA (if any) plus the parts of a fused
@@ -141,27 +141,4 @@ pub fn group_parts(modules: &BTreeMap<String, LoraModule>) -> BTreeMap<String, V
         v.sort_by_key(|(_, i)| *i);
     }
     out
-}
-
-/// Adapters over a quantized base (inference with an unmerged adapter): each frozen layer is
-/// quantized to `dtype` where its shape allows, and its LoRA branches (whole layer and parts)
-/// run in f32 beside it.
-pub struct QuantizedLoraSite<'a> {
-    pub adapters: &'a crate::lora::LoraAdapters,
-    pub dtype: candle_core::quantized::GgmlDType,
-}
-
-impl lowrank_models::LinearSite for QuantizedLoraSite<'_> {
-    fn build(&self, base: BaseLinear) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
-        let rng = self.adapters.dropout_rng.clone();
-        let mut layer = lowrank_models::quantized_linear::quantized_or_plain(base.clone(), self.dtype)?;
-        if let Some(m) = self.adapters.modules.get(&base.path) {
-            layer = parts_layer(&base, layer, vec![(m.clone(), 0)], 0.0, rng.clone());
-        }
-        let parts = parts_of(&self.adapters.modules, &base.path);
-        if !parts.is_empty() {
-            layer = parts_layer(&base, layer, parts, 0.0, rng);
-        }
-        Ok(layer)
-    }
 }

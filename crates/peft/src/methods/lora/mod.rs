@@ -1,14 +1,25 @@
 //! LoRA: `y = W x + b + s · B A dropout(x)` with `A: (r, d_in)`, `B: (d_out, r)`,
 //! `s = alpha / r` (rsLoRA: `alpha / sqrt(r)`). A is kaiming-uniform, B zero: a no-op at start.
+//! The method's parts: this file (settings, the trainable factors, the layer and its build hook,
+//! the adapter contract), [`fused_op`] (the fused CPU/GPU layer), [`parts`] (q and v inside
+//! GPT-2's fused `c_attn`) and [`format`] (PEFT's folder).
+pub mod format;
+pub mod fused_op;
+pub mod parts;
+
+use crate::adapter::{Adapter, AdapterInfo};
+use crate::dropout::{fnv1a, DropoutRng};
 use crate::error::{PeftError, Result};
-use crate::fused_parts::{part_of, parts_layer, parts_of};
+use crate::folder::AdapterFolder;
+use crate::methods::{InitContext, Method};
 use crate::targets::{pattern_match, select, TargetSpec};
 use candle_core::{DType, Device, Tensor, Var};
 use lowrank_models::generate::SplitMix64;
-use lowrank_models::{BaseLinear, LinearLayer, LinearSite, Weights};
+use lowrank_models::{BuildHook, LinearInfo, LinearLayer, ModelLayout, Weights};
+use parts::{part_of, parts_layer, parts_of};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 
 /// LoRA hyper-parameters (the `[lora]` section of a run file).
@@ -123,33 +134,6 @@ impl LoraModule {
     }
 }
 
-/// Shared state for adapter dropout. The trainer reseeds it every micro-step; each adapted layer
-/// draws its mask from a generator seeded by `(seed, module path)`, so a mask does not depend on
-/// the order layers run in, and recomputing a layer (activation checkpointing) or resuming a run
-/// draws the same masks.
-#[derive(Clone)]
-pub struct DropoutRng(pub Arc<AtomicU64>);
-
-impl DropoutRng {
-    pub fn new(seed: u64) -> Self {
-        Self(Arc::new(AtomicU64::new(seed)))
-    }
-    pub fn reseed(&self, seed: u64) {
-        self.0.store(seed, Ordering::Relaxed);
-    }
-    /// The mask the layer at `path` draws (for tests that rebuild the same mask).
-    pub fn mask_for_test(&self, path: &str, n: usize, p: f64) -> Vec<f32> {
-        self.mask(path, n, p)
-    }
-
-    /// Inverted-dropout mask of `n` values for the layer at `path`: 0 or `1/(1-p)`.
-    pub(crate) fn mask(&self, path: &str, n: usize, p: f64) -> Vec<f32> {
-        let keep = 1.0 / (1.0 - p) as f32;
-        let mut g = SplitMix64(self.0.load(Ordering::Relaxed) ^ fnv1a(path));
-        (0..n).map(|_| if g.next_f64() < p { 0.0 } else { keep }).collect()
-    }
-}
-
 /// All LoRA modules of a model, keyed by module path.
 #[derive(Clone)]
 pub struct LoraAdapters {
@@ -233,7 +217,7 @@ impl LoraAdapters {
                 Some((parent, idx)) => {
                     let key = format!("{parent}.weight");
                     let w = weights.get_any(&key)?;
-                    let off = crate::fused_parts::part_offset(m, *idx);
+                    let off = parts::part_offset(m, *idx);
                     let (rows, cols) = w.dims2()?;
                     if cols != m.d_in() || off + m.d_out() > rows {
                         return Err(PeftError::Invalid(format!("`{key}` has shape ({rows}, {cols}); part `{}` needs rows {off}..{} of {} columns", m.path, off + m.d_out(), m.d_in())));
@@ -248,14 +232,11 @@ impl LoraAdapters {
     }
 }
 
-/// 64-bit FNV-1a of a string: a stable per-module seed.
-pub fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// A base linear layer with a LoRA branch.
+/// A linear layer with a LoRA branch: `inner` is the frozen base layer (then the fused op
+/// computes both), or whatever an earlier hook made of it (a quantized base, another adapter:
+/// then the branch is added to its output).
 pub struct LoraLinear {
-    pub base: BaseLinear,
+    pub inner: Arc<dyn LinearLayer>,
     pub module: LoraModule,
     pub dropout: f64,
     pub rng: DropoutRng,
@@ -264,43 +245,43 @@ pub struct LoraLinear {
 impl LinearLayer for LoraLinear {
     /// `x: (b, t, d_in) -> (b, t, d_out)`.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let d_in = self.module.d_in();
-        let rows = x.elem_count() / d_in;
-        let mask = if train && self.dropout > 0.0 {
-            Some(Tensor::from_vec(self.rng.mask(&self.module.path, rows * d_in, self.dropout), (rows, d_in), x.device())?.to_dtype(x.dtype())?)
-        } else {
-            None
-        };
+        let mask = self.rng.mask_like(&self.module.path, x, self.dropout, train)?;
         let a = self.module.a.as_tensor();
         let b = self.module.b.as_tensor();
-        if x.device().is_cpu() && x.dtype() == DType::F32 && a.dtype() == DType::F32 && self.base.weight.dtype() == DType::F32 {
-            let op = crate::lora_op::FusedLora {
-                weight: self.base.weight.clone(),
-                bias: self.base.bias.clone(),
-                scale: self.module.scale as f32,
-                mask: mask.map(Arc::new),
+        if let Some(base) = self.inner.as_frozen() {
+            // A trainable bias (bias tuning beside LoRA) is added outside the fused op, where it
+            // gets its gradient; a frozen one inside.
+            let trainable_bias = base.bias.as_ref().is_some_and(|b| b.is_variable());
+            let op_bias = if trainable_bias { None } else { base.bias.clone() };
+            let with_bias = |y: Tensor| match (&base.bias, trainable_bias) {
+                (Some(bias), true) => y.broadcast_add(&bias.to_dtype(y.dtype())?),
+                _ => Ok(y),
             };
-            return x.contiguous()?.apply_op3(a, b, op);
+            if x.device().is_cpu() && x.dtype() == DType::F32 && a.dtype() == DType::F32 && base.weight.dtype() == DType::F32 {
+                let op = fused_op::FusedLora { weight: base.weight.clone(), bias: op_bias, scale: self.module.scale as f32, mask: mask.map(Arc::new) };
+                return with_bias(x.contiguous()?.apply_op3(a, b, op)?);
+            }
+            if lowrank_models::ops::frozen_linear::gpu_ok(x, &base.weight) {
+                // The GPU path: the factors in x's dtype (their gradients flow back to the f32
+                // variables through the cast), any bias added outside the op.
+                let dt = x.dtype();
+                let op = fused_op::FusedLora { weight: base.weight.clone(), bias: None, scale: self.module.scale as f32, mask: mask.map(Arc::new) };
+                let y = x.contiguous()?.apply_op3(&a.to_dtype(dt)?, &b.to_dtype(dt)?, op)?;
+                return match &base.bias {
+                    Some(bias) => y.broadcast_add(&bias.to_dtype(dt)?),
+                    None => Ok(y),
+                };
+            }
         }
-        if lowrank_models::ops::frozen_linear::gpu_ok(x, &self.base.weight) {
-            // The GPU path: the factors in x's dtype (their gradients flow back to the f32
-            // variables through the cast), the bias added outside the op.
-            let dt = x.dtype();
-            let op = crate::lora_op::FusedLora { weight: self.base.weight.clone(), bias: None, scale: self.module.scale as f32, mask: mask.map(Arc::new) };
-            let y = x.contiguous()?.apply_op3(&a.to_dtype(dt)?, &b.to_dtype(dt)?, op)?;
-            return match &self.base.bias {
-                Some(bias) => y.broadcast_add(&bias.to_dtype(dt)?),
-                None => Ok(y),
-            };
-        }
-        self.forward_composed(x, mask.as_ref())
+        self.forward_composed(x, mask.as_ref(), train)
     }
 }
 
 impl LoraLinear {
-    /// The plain differentiable composition (other devices and dtypes; the test oracle).
-    pub fn forward_composed(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let y = self.base.forward_t(x, false)?;
+    /// The plain differentiable composition: the inner layer plus the branch (other devices and
+    /// dtypes, an inner layer that is not the frozen base; the test oracle).
+    pub fn forward_composed(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> candle_core::Result<Tensor> {
+        let y = self.inner.forward_t(x, train)?;
         let d_in = self.module.d_in();
         let rows = x.elem_count() / d_in;
         let mut xa = x.reshape((rows, d_in))?;
@@ -314,28 +295,116 @@ impl LoraLinear {
         let mut out_dims = x.dims().to_vec();
         let last = out_dims.len() - 1;
         out_dims[last] = self.module.d_out();
-        y + delta.reshape(out_dims)?
+        let delta = delta.reshape(out_dims)?.to_dtype(y.dtype())?;
+        y + delta
     }
 }
 
-/// Attaches the adapters' LoRA branches to the layers they name; other layers stay plain.
+/// Attaches LoRA branches to the layers the adapters name; other layers stay as they are.
+/// `dropout` applies only when the model runs with `train = true`.
 pub struct LoraSite<'a> {
     pub adapters: &'a LoraAdapters,
-    /// Adapter dropout applies only when the model runs with `train = true`.
     pub dropout: f64,
 }
 
-impl LinearSite for LoraSite<'_> {
-    fn build(&self, base: BaseLinear) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
-        let rng = self.adapters.dropout_rng.clone();
-        let parts = parts_of(&self.adapters.modules, &base.path);
-        let inner: Arc<dyn LinearLayer> = match self.adapters.modules.get(&base.path) {
-            Some(m) => Arc::new(LoraLinear { base: base.clone(), module: m.clone(), dropout: self.dropout, rng: rng.clone() }),
-            None => Arc::new(base.clone()),
+impl BuildHook for LoraSite<'_> {
+    fn linear(&self, info: &LinearInfo, layer: Arc<dyn LinearLayer>) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
+        Ok(self.adapters.attach(info, layer, self.dropout))
+    }
+}
+
+impl BuildHook for LoraAdapters {
+    fn linear(&self, info: &LinearInfo, layer: Arc<dyn LinearLayer>) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
+        Ok(self.attach(info, layer, self.config.dropout))
+    }
+}
+
+impl LoraAdapters {
+    /// `layer` with the branches of the module at `info.path` (and of its parts) attached.
+    fn attach(&self, info: &LinearInfo, layer: Arc<dyn LinearLayer>, dropout: f64) -> Arc<dyn LinearLayer> {
+        let rng = self.dropout_rng.clone();
+        let inner: Arc<dyn LinearLayer> = match self.modules.get(&info.path) {
+            Some(m) => Arc::new(LoraLinear { inner: layer, module: m.clone(), dropout, rng: rng.clone() }),
+            None => layer,
         };
+        let parts = parts_of(&self.modules, &info.path);
         if parts.is_empty() {
-            return Ok(inner);
+            return inner;
         }
-        Ok(parts_layer(&base, inner, parts, self.dropout, rng))
+        parts_layer(info, inner, parts, dropout, rng)
+    }
+}
+
+impl Adapter for LoraAdapters {
+    fn method(&self) -> &'static str {
+        "lora"
+    }
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        LoraAdapters::named_vars(self)
+    }
+    fn hook(&self) -> &dyn BuildHook {
+        self
+    }
+    fn module_paths(&self) -> Vec<String> {
+        self.modules.keys().cloned().collect()
+    }
+    fn reseed(&self, seed: u64) {
+        self.dropout_rng.reseed(seed);
+    }
+    fn trainable_parameters(&self) -> usize {
+        LoraAdapters::trainable_parameters(self)
+    }
+    fn describe(&self) -> String {
+        let c = &self.config;
+        format!("LoRA r={} alpha={}{} on {} modules, dropout {}", c.r, c.alpha, if c.use_rslora { " (rsLoRA)" } else { "" }, self.modules.len(), c.dropout)
+    }
+    fn merge_into(&self, weights: &mut Weights) -> Result<()> {
+        LoraAdapters::merge_into(self, weights)
+    }
+    fn config_json(&self, info: &AdapterInfo) -> serde_json::Value {
+        format::adapter_config_json(self, info)
+    }
+    fn save(&self, dir: &Path, info: &AdapterInfo) -> Result<()> {
+        format::save_lora(dir, self, info)
+    }
+    fn save_native(&self, dir: &Path, info: &AdapterInfo) -> Result<()> {
+        format::save_lora_native(dir, self, info)
+    }
+    fn decode_branches(&self) -> Result<Option<BTreeMap<String, lowrank_models::fast_decode::LoraBranch>>> {
+        LoraAdapters::decode_branches(self)
+    }
+}
+
+/// The `[lora]` section as settings.
+fn settings_of(settings: &toml::Value) -> Result<LoraConfig> {
+    settings.clone().try_into().map_err(|e: toml::de::Error| PeftError::Invalid(format!("[lora]: {}", e.message())))
+}
+
+/// The method: `[peft] method = "lora"` with a `[lora]` section; PEFT's `peft_type` `LORA`.
+pub struct Lora;
+
+impl Method for Lora {
+    fn name(&self) -> &'static str {
+        "lora"
+    }
+    fn peft_type(&self) -> &'static str {
+        "LORA"
+    }
+    fn check(&self, settings: &toml::Value) -> Result<()> {
+        settings_of(settings)?.validate()
+    }
+    fn init(&self, settings: &toml::Value, ctx: &InitContext) -> Result<Box<dyn Adapter>> {
+        let mut cfg = settings_of(settings)?;
+        if cfg.targets == TargetSpec::default() {
+            // PEFT's default for the family: q_proj, v_proj; GPT-2 c_attn; T5 q, v.
+            cfg.targets = TargetSpec::Names(ctx.config.default_lora_targets());
+        }
+        if cfg.init_seed == 0 {
+            cfg.init_seed = ctx.seed;
+        }
+        Ok(Box::new(LoraAdapters::init(&cfg, &ctx.layout.linear_modules(), ctx.device)?))
+    }
+    fn load(&self, folder: &mut AdapterFolder, layout: &ModelLayout, device: &Device) -> Result<Box<dyn Adapter>> {
+        Ok(Box::new(format::lora_from_folder(folder, layout, device)?))
     }
 }
