@@ -133,6 +133,11 @@ impl LinearLayer for BaseLinear {
 /// A norm layer: `x: (..., d) -> (..., d)`.
 pub trait NormLayer: Send + Sync {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// The layer itself when it is the checkpoint's norm (no adapter).
+    fn as_base(&self) -> Option<&BaseNorm> {
+        None
+    }
 }
 
 /// A norm with its checkpoint's weight (and a LayerNorm's bias); trainable when they are
@@ -149,11 +154,18 @@ pub struct BaseNorm {
 
 impl NormLayer for BaseNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // Trainable parameters may be held in another dtype (f32 beside a bf16 model): the cast
+        // carries their gradients back.
+        let weight = self.weight.to_dtype(x.dtype())?;
         match (self.kind, &self.bias) {
-            (NormKind::Rms, _) => crate::ops::rms_norm::rms_norm(x, &self.weight, self.eps),
-            (NormKind::Layer, Some(b)) => crate::ops::norms::layer_norm(x, &self.weight, b, self.eps),
-            (NormKind::Layer, None) => crate::ops::norms::layer_norm(x, &self.weight, &self.weight.zeros_like()?, self.eps),
+            (NormKind::Rms, _) => crate::ops::rms_norm::rms_norm(x, &weight, self.eps),
+            (NormKind::Layer, Some(b)) => crate::ops::norms::layer_norm(x, &weight, &b.to_dtype(x.dtype())?, self.eps),
+            (NormKind::Layer, None) => crate::ops::norms::layer_norm(x, &weight, &weight.zeros_like()?, self.eps),
         }
+    }
+
+    fn as_base(&self) -> Option<&BaseNorm> {
+        Some(self)
     }
 }
 

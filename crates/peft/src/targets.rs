@@ -29,6 +29,11 @@ fn full_regex(pattern: &str) -> Result<Regex> {
     Regex::new(&format!("^(?:{pattern})$")).map_err(|e| PeftError::BadRegex { pattern: pattern.into(), reason: e.to_string() })
 }
 
+/// Whether `pattern` (a regular expression) matches the whole of `path`.
+pub fn full_match(path: &str, pattern: &str) -> Result<bool> {
+    Ok(full_regex(pattern)?.is_match(path))
+}
+
 /// PEFT's rule for rank/alpha patterns: `(.*\.)?(pattern)$` matched from the start.
 pub fn pattern_match(path: &str, pattern: &str) -> Result<bool> {
     let re = Regex::new(&format!(r"^(?:.*\.)?(?:{pattern})$")).map_err(|e| PeftError::BadRegex { pattern: pattern.into(), reason: e.to_string() })?;

@@ -152,7 +152,7 @@ fn fused_lora_op_matches_the_composition_with_and_without_dropout() {
     perturb(&adapters);
     let module = adapters.modules["model.layers.0.self_attn.v_proj"].clone();
     let base = BaseLinear { path: module.path.clone(), weight: m.weights.get_any("model.layers.0.self_attn.v_proj.weight").unwrap().into(), bias: Some(Tensor::randn(0f32, 1.0, 32, &dev).unwrap()) };
-    let layer = LoraLinear { inner: std::sync::Arc::new(base), module: module.clone(), dropout: 0.3, rng: adapters.dropout_rng.clone() };
+    let layer = LoraLinear { inner: std::sync::Arc::new(base), module: module.clone(), dropout: 0.3, rng: adapters.dropout_rng.clone(), dora: None };
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 64), &dev).unwrap()).unwrap();
     let probe = Tensor::randn(0f32, 1.0, (2, 3, 32), &dev).unwrap();
     for train in [false, true] {
@@ -189,7 +189,7 @@ fn fused_lora_gives_a_trainable_bias_its_gradient() {
     let module = adapters.modules["model.layers.0.self_attn.v_proj"].clone();
     let bias = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, 32, &dev).unwrap()).unwrap();
     let base = BaseLinear { path: module.path.clone(), weight: m.weights.get_any("model.layers.0.self_attn.v_proj.weight").unwrap().into(), bias: Some(bias.as_tensor().clone()) };
-    let layer = LoraLinear { inner: std::sync::Arc::new(base), module, dropout: 0.0, rng: adapters.dropout_rng.clone() };
+    let layer = LoraLinear { inner: std::sync::Arc::new(base), module, dropout: 0.0, rng: adapters.dropout_rng.clone(), dora: None };
     let x = Tensor::randn(0f32, 1.0, (2, 3, 64), &dev).unwrap();
     let probe = Tensor::randn(0f32, 1.0, (2, 3, 32), &dev).unwrap();
     let g = (layer.forward_t(&x, true).unwrap() * &probe).unwrap().sum_all().unwrap().backward().unwrap();

@@ -126,7 +126,7 @@ pub fn prepare(cfg: RunConfig, run_dir: PathBuf, resume: Option<&Path>, device: 
     };
     let layout = model_layout(&loaded.config)?;
     let method = lowrank_peft::methods::by_name(&cfg.peft.method)?;
-    let adapter = method.init(&cfg.method_settings(), &InitContext { layout: &layout, config: &loaded.config, device, seed: cfg.train.seed })?;
+    let adapter = method.init(&cfg.method_settings(), &InitContext { layout: &layout, config: &loaded.config, weights: &loaded.weights, device, seed: cfg.train.seed })?;
     check_attached(adapter.as_ref(), &layout)?;
     obs.note(&format!("{}: {}", adapter.describe(), trainable_line(adapter.trainable_parameters(), loaded.weights.parameter_count())));
     obs.note(&format!("{} training examples, {} validation examples; run folder {}", train.len(), valid.len(), run_dir.display()));

@@ -8,12 +8,19 @@ use candle_core::Device;
 use lowrank_models::{ModelConfig, ModelLayout};
 use std::path::Path;
 
+pub mod bitfit;
+pub mod dora;
+pub mod ia3;
+pub mod ln_tuning;
 pub mod lora;
 
 /// What a method needs to make a fresh adapter for a model.
 pub struct InitContext<'a> {
     pub layout: &'a ModelLayout,
     pub config: &'a ModelConfig,
+    /// The base model's weights (a method may start from them: LN tuning's copies, DoRA's
+    /// magnitudes, PiSSA's factors); shape-only weights where only counts matter.
+    pub weights: &'a lowrank_models::Weights,
     pub device: &'a Device,
     /// The run's seed (initialisation and dropout), used where the settings give none.
     pub seed: u64,
@@ -37,7 +44,7 @@ pub trait Method: Sync {
 }
 
 /// Every method, in the order `lowrank` lists them.
-pub static REGISTRY: &[&dyn Method] = &[&lora::Lora];
+pub static REGISTRY: &[&dyn Method] = &[&lora::Lora, &dora::Dora, &ia3::Ia3, &bitfit::BitFit, &ln_tuning::LnTuning];
 
 fn known() -> String {
     REGISTRY.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")

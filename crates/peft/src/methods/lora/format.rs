@@ -61,7 +61,7 @@ pub fn adapter_config_json(adapters: &LoraAdapters, info: &AdapterInfo) -> Value
         "revision": null,
         "target_modules": target_modules,
         "task_type": info.task_type,
-        "use_dora": false,
+        "use_dora": c.use_dora,
         "use_rslora": c.use_rslora,
     })
 }
@@ -135,9 +135,6 @@ pub fn config_from_folder(folder: &mut AdapterFolder) -> Result<LoraConfig> {
         Value::Array(a) => TargetSpec::Names(a.iter().filter_map(|x| x.as_str().map(String::from)).collect()),
         _ => return Err(bad("target_modules", "a list of names or a string")),
     };
-    if v.get("use_dora").and_then(Value::as_bool).unwrap_or(false) {
-        return Err(folder.invalid("use_dora = true is not supported yet"));
-    }
     let map_usize = |key: &str| -> BTreeMap<String, usize> {
         v.get(key).and_then(Value::as_object).map(|o| o.iter().filter_map(|(k, x)| x.as_u64().map(|n| (k.clone(), n as usize))).collect()).unwrap_or_default()
     };
@@ -159,6 +156,7 @@ pub fn config_from_folder(folder: &mut AdapterFolder) -> Result<LoraConfig> {
         rank_pattern: map_usize("rank_pattern"),
         alpha_pattern: map_f64("alpha_pattern"),
         init_seed: 0,
+        use_dora: v.get("use_dora").and_then(Value::as_bool).unwrap_or(false),
     })
 }
 
@@ -172,8 +170,16 @@ pub fn lora_from_folder(folder: &mut AdapterFolder, layout: &ModelLayout, _devic
     let paths: Vec<&str> = linear_modules.iter().map(|(p, _, _)| p.as_str()).collect();
     let mut a_map = BTreeMap::new();
     let mut b_map = BTreeMap::new();
+    let mut magnitudes = BTreeMap::new();
     for (rest, t) in &folder.tensors {
         let key = format!("{PREFIX}{rest}");
+        if let Some(m) = rest.strip_suffix(".lora_magnitude_vector") {
+            if !config.use_dora {
+                return Err(folder.invalid(format!("tensor `{key}` is a DoRA magnitude, but use_dora is not true")));
+            }
+            magnitudes.insert(m.to_string(), (key, t.clone()));
+            continue;
+        }
         let (module, is_a) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
             (m.to_string(), true)
         } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
@@ -202,7 +208,20 @@ pub fn lora_from_folder(folder: &mut AdapterFolder, layout: &ModelLayout, _devic
         let (_, alpha) = config.rank_alpha(&module)?;
         let scale = config.scale(r, alpha);
         let part = part_of(&module, &paths);
-        modules.insert(module.clone(), LoraModule { path: module, a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, r, alpha, scale, part });
+        let magnitude = match (config.use_dora, magnitudes.remove(&module)) {
+            (true, Some((m_key, m))) => {
+                if m.dims() != [d_out] {
+                    return Err(PeftError::ShapeMismatch { file: st_path.clone(), key: m_key, module, expected: vec![d_out], actual: m.dims().to_vec() });
+                }
+                Some(Var::from_tensor(&m)?)
+            }
+            (true, None) => return Err(PeftError::MissingTensor { file: st_path.clone(), key: format!("{PREFIX}{module}.lora_magnitude_vector") }),
+            (false, _) => None,
+        };
+        modules.insert(module.clone(), LoraModule { path: module, a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, r, alpha, scale, part, magnitude });
+    }
+    if let Some((module, (key, _))) = magnitudes.into_iter().next() {
+        return Err(PeftError::UnknownModule { file: st_path.clone(), key, module });
     }
     if let Some((_, (key, _))) = b_map.into_iter().next() {
         return Err(PeftError::MissingTensor { file: st_path.clone(), key: key.replace(".lora_B.", ".lora_A.") });

@@ -3,6 +3,7 @@
 //! The method's parts: this file (settings, the trainable factors, the layer and its build hook,
 //! the adapter contract), [`fused_op`] (the fused CPU/GPU layer), [`parts`] (q and v inside
 //! GPT-2's fused `c_attn`) and [`format`] (PEFT's folder).
+pub mod dora;
 pub mod format;
 pub mod fused_op;
 pub mod parts;
@@ -40,6 +41,9 @@ pub struct LoraConfig {
     pub alpha_pattern: BTreeMap<String, f64>,
     /// Seed of the A initialisation.
     pub init_seed: u64,
+    /// DoRA (PEFT's `use_dora`): a trained magnitude per output row over the normalised
+    /// `W + s·B·A` (see [`dora`]).
+    pub use_dora: bool,
 }
 
 impl Default for LoraConfig {
@@ -54,6 +58,7 @@ impl Default for LoraConfig {
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
             init_seed: 0,
+            use_dora: false,
         }
     }
 }
@@ -114,6 +119,8 @@ pub struct LoraModule {
     /// For a part of a fused projection (GPT-2's `c_attn.q`): the fused module and the part's
     /// index, which places it at output rows `index·d_out ..` of the fused weight.
     pub part: Option<(String, usize)>,
+    /// DoRA's magnitude `m: (d_out)`, when the adapter is DoRA.
+    pub magnitude: Option<Var>,
 }
 
 impl LoraModule {
@@ -124,7 +131,7 @@ impl LoraModule {
         self.b.dims()[0]
     }
     pub fn parameter_count(&self) -> usize {
-        self.r * (self.d_in() + self.d_out())
+        self.r * (self.d_in() + self.d_out()) + self.magnitude.as_ref().map(|m| m.elem_count()).unwrap_or(0)
     }
     /// `s · B · A: (d_out, d_in)`, in f32.
     pub fn delta_weight(&self) -> candle_core::Result<Tensor> {
@@ -158,7 +165,11 @@ impl LoraAdapters {
             let a = Var::from_tensor(&Tensor::from_vec(a, (r, *d_in), device)?)?;
             let b = Var::zeros((*d_out, r), DType::F32, device)?;
             let part = part_of(path, &paths);
-            modules.insert(path.clone(), LoraModule { path: path.clone(), a, b, r, alpha, scale: config.scale(r, alpha), part });
+            if config.use_dora && part.is_some() {
+                return Err(PeftError::Invalid(format!("DoRA on `{path}`, a part of a fused projection, is not supported (PEFT has no such form); target the whole layer")));
+            }
+            let magnitude = if config.use_dora { Some(Var::ones(*d_out, DType::F32, device)?) } else { None };
+            modules.insert(path.clone(), LoraModule { path: path.clone(), a, b, r, alpha, scale: config.scale(r, alpha), part, magnitude });
         }
         Ok(Self { config: config.clone(), modules, dropout_rng: DropoutRng::new(config.init_seed) })
     }
@@ -175,6 +186,9 @@ impl LoraAdapters {
         for (p, m) in &self.modules {
             out.push((format!("{p}.lora_A.weight"), m.a.clone()));
             out.push((format!("{p}.lora_B.weight"), m.b.clone()));
+            if let Some(mag) = &m.magnitude {
+                out.push((format!("{p}.lora_magnitude_vector"), mag.clone()));
+            }
         }
         out
     }
@@ -184,7 +198,7 @@ impl LoraAdapters {
     pub fn decode_branches(&self) -> Result<Option<BTreeMap<String, lowrank_models::fast_decode::LoraBranch>>> {
         let mut out = BTreeMap::new();
         for m in self.modules.values() {
-            if m.part.is_some() {
+            if m.part.is_some() || m.magnitude.is_some() {
                 return Ok(None);
             }
             let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
@@ -204,8 +218,31 @@ impl LoraAdapters {
         self.apply_delta(weights, -1.0)
     }
 
+    /// DoRA's magnitudes set to the rows' norms of the base weights (`‖W‖_row`, as B is zero at
+    /// start): the no-op start. Called once on fresh adapters.
+    pub fn init_dora_magnitudes(&self, weights: &Weights) -> Result<()> {
+        for m in self.modules.values() {
+            if let Some(mag) = &m.magnitude {
+                let w = weights.frozen(&format!("{}.weight", m.path), &[m.d_out(), m.d_in()])?;
+                let norms = dora::DoraNorms::of(&w, mag.device())?.w_sq.sqrt()?;
+                mag.set(&norms)?;
+            }
+        }
+        Ok(())
+    }
+
     fn apply_delta(&self, weights: &mut Weights, sign: f64) -> Result<()> {
         for m in self.modules.values() {
+            if m.magnitude.is_some() {
+                if sign < 0.0 {
+                    return Err(PeftError::Invalid(format!("unmerging the DoRA layer `{}` is not supported", m.path)));
+                }
+                let key = format!("{}.weight", m.path);
+                let w = weights.get(&key, &[m.d_out(), m.d_in()])?;
+                let merged = dora::merged_weight(&w, m)?.to_dtype(w.dtype())?;
+                weights.insert(key, merged);
+                continue;
+            }
             let delta = (m.delta_weight()? * sign)?;
             match &m.part {
                 None => {
@@ -234,69 +271,113 @@ impl LoraAdapters {
 
 /// A linear layer with a LoRA branch: `inner` is the frozen base layer (then the fused op
 /// computes both), or whatever an earlier hook made of it (a quantized base, another adapter:
-/// then the branch is added to its output).
+/// then the branch is added to its output). With DoRA's norms, the DoRA layer ([`dora`]).
 pub struct LoraLinear {
     pub inner: Arc<dyn LinearLayer>,
     pub module: LoraModule,
     pub dropout: f64,
     pub rng: DropoutRng,
+    /// DoRA: the frozen weight's row norms (the module then has a magnitude).
+    pub dora: Option<dora::DoraNorms>,
 }
 
 impl LinearLayer for LoraLinear {
     /// `x: (b, t, d_in) -> (b, t, d_out)`.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let mask = self.rng.mask_like(&self.module.path, x, self.dropout, train)?;
-        let a = self.module.a.as_tensor();
-        let b = self.module.b.as_tensor();
-        if let Some(base) = self.inner.as_frozen() {
-            // A trainable bias (bias tuning beside LoRA) is added outside the fused op, where it
-            // gets its gradient; a frozen one inside.
-            let trainable_bias = base.bias.as_ref().is_some_and(|b| b.is_variable());
-            let op_bias = if trainable_bias { None } else { base.bias.clone() };
-            let with_bias = |y: Tensor| match (&base.bias, trainable_bias) {
-                (Some(bias), true) => y.broadcast_add(&bias.to_dtype(y.dtype())?),
-                _ => Ok(y),
-            };
-            if x.device().is_cpu() && x.dtype() == DType::F32 && a.dtype() == DType::F32 && base.weight.dtype() == DType::F32 {
-                let op = fused_op::FusedLora { weight: base.weight.clone(), bias: op_bias, scale: self.module.scale as f32, mask: mask.map(Arc::new) };
-                return with_bias(x.contiguous()?.apply_op3(a, b, op)?);
-            }
-            if lowrank_models::ops::frozen_linear::gpu_ok(x, &base.weight) {
-                // The GPU path: the factors in x's dtype (their gradients flow back to the f32
-                // variables through the cast), any bias added outside the op.
-                let dt = x.dtype();
-                let op = fused_op::FusedLora { weight: base.weight.clone(), bias: None, scale: self.module.scale as f32, mask: mask.map(Arc::new) };
-                let y = x.contiguous()?.apply_op3(&a.to_dtype(dt)?, &b.to_dtype(dt)?, op)?;
-                return match &base.bias {
-                    Some(bias) => y.broadcast_add(&bias.to_dtype(dt)?),
-                    None => Ok(y),
-                };
-            }
+        if let Some(norms) = &self.dora {
+            return self.forward_dora(x, mask.as_ref(), norms, train);
+        }
+        if let Some(y) = self.fused(x, mask.as_ref(), true)? {
+            return Ok(y);
         }
         self.forward_composed(x, mask.as_ref(), train)
     }
 }
 
 impl LoraLinear {
+    /// `W x (+ b) + s·B A (x ⊙ m)` by the fused op, when the inner layer is the frozen base and
+    /// the device and dtypes allow; `None` otherwise. Without `with_bias` no bias is added.
+    fn fused(&self, x: &Tensor, mask: Option<&Tensor>, with_bias: bool) -> candle_core::Result<Option<Tensor>> {
+        let Some(base) = self.inner.as_frozen() else { return Ok(None) };
+        let (a, b) = (self.module.a.as_tensor(), self.module.b.as_tensor());
+        let bias = if with_bias { base.bias.as_ref() } else { None };
+        // A trainable bias (bias tuning beside LoRA) is added outside the fused op, where it
+        // gets its gradient; a frozen one inside on the CPU.
+        let trainable_bias = bias.is_some_and(|b| b.is_variable());
+        let add_bias = |y: Tensor, inside: bool| match bias {
+            Some(bias) if !inside => y.broadcast_add(&bias.to_dtype(y.dtype())?),
+            _ => Ok(y),
+        };
+        let mask = mask.cloned().map(Arc::new);
+        if x.device().is_cpu() && x.dtype() == DType::F32 && a.dtype() == DType::F32 && base.weight.dtype() == DType::F32 {
+            let inside = !trainable_bias;
+            let op = fused_op::FusedLora { weight: base.weight.clone(), bias: if inside { bias.cloned() } else { None }, scale: self.module.scale as f32, mask };
+            return Ok(Some(add_bias(x.contiguous()?.apply_op3(a, b, op)?, inside)?));
+        }
+        if lowrank_models::ops::frozen_linear::gpu_ok(x, &base.weight) {
+            // The GPU path: the factors in x's dtype (their gradients flow back to the f32
+            // variables through the cast), any bias added outside the op.
+            let dt = x.dtype();
+            let op = fused_op::FusedLora { weight: base.weight.clone(), bias: None, scale: self.module.scale as f32, mask };
+            return Ok(Some(add_bias(x.contiguous()?.apply_op3(&a.to_dtype(dt)?, &b.to_dtype(dt)?, op)?, false)?));
+        }
+        Ok(None)
+    }
+
+    /// `s·B A x: (..., d_out)`, the branch alone (x already dropped out where it applies).
+    fn branch(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let d_in = self.module.d_in();
+        let rows = x.elem_count() / d_in;
+        let a = self.module.a.as_tensor().to_dtype(x.dtype())?;
+        let b = self.module.b.as_tensor().to_dtype(x.dtype())?;
+        // The scale is applied on the small (rows, r) product, not on (rows, d_out).
+        let delta = (x.reshape((rows, d_in))?.matmul(&a.t()?)? * self.module.scale)?.matmul(&b.t()?)?;
+        let mut out_dims = x.dims().to_vec();
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.module.d_out();
+        delta.reshape(out_dims)
+    }
+
     /// The plain differentiable composition: the inner layer plus the branch (other devices and
     /// dtypes, an inner layer that is not the frozen base; the test oracle).
     pub fn forward_composed(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> candle_core::Result<Tensor> {
         let y = self.inner.forward_t(x, train)?;
-        let d_in = self.module.d_in();
-        let rows = x.elem_count() / d_in;
-        let mut xa = x.reshape((rows, d_in))?;
-        if let Some(m) = mask {
-            xa = (xa * m)?;
-        }
-        let a = self.module.a.as_tensor().to_dtype(x.dtype())?;
-        let b = self.module.b.as_tensor().to_dtype(x.dtype())?;
-        // The scale is applied on the small (rows, r) product, not on (rows, d_out).
-        let delta = (xa.matmul(&a.t()?)? * self.module.scale)?.matmul(&b.t()?)?;
-        let mut out_dims = x.dims().to_vec();
-        let last = out_dims.len() - 1;
-        out_dims[last] = self.module.d_out();
-        let delta = delta.reshape(out_dims)?.to_dtype(y.dtype())?;
+        let xm = match mask {
+            Some(m) => x.broadcast_mul(&m.reshape(x.shape())?)?,
+            None => x.clone(),
+        };
+        let delta = self.branch(&xm)?.to_dtype(y.dtype())?;
         y + delta
+    }
+
+    /// DoRA ([`dora`]): `(m/n) ⊙ (W x + s·B A x) + b`; with dropout in training PEFT's form
+    /// `W x + b + (m/n − 1) ⊙ W x_d + (m/n) ⊙ s·B A x_d`.
+    fn forward_dora(&self, x: &Tensor, mask: Option<&Tensor>, norms: &dora::DoraNorms, train: bool) -> candle_core::Result<Tensor> {
+        let Some(base) = self.inner.as_frozen() else {
+            return Err(candle_core::Error::Msg(format!("DoRA on `{}` needs the frozen base layer", self.module.path)));
+        };
+        let scale = dora::magnitude_scale(norms, &base.weight, &self.module, x.dtype())?;
+        let with_bias = |y: Tensor| match &base.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+            None => Ok(y),
+        };
+        match mask {
+            None => {
+                let product = match self.fused(x, None, false)? {
+                    Some(p) => p,
+                    None => (lowrank_models::ops::frozen_weight_matmul(x, &base.weight)? + self.branch(x)?)?,
+                };
+                with_bias(product.broadcast_mul(&scale)?)
+            }
+            Some(m) => {
+                let xd = x.broadcast_mul(&m.reshape(x.shape())?)?;
+                let full = self.inner.forward_t(x, train)?;
+                let wd = lowrank_models::ops::frozen_weight_matmul(&xd, &base.weight)?;
+                let dora = (wd.broadcast_mul(&(scale.clone() - 1.0)?)? + self.branch(&xd)?.broadcast_mul(&scale)?)?;
+                full + dora
+            }
+        }
     }
 }
 
@@ -309,35 +390,42 @@ pub struct LoraSite<'a> {
 
 impl BuildHook for LoraSite<'_> {
     fn linear(&self, info: &LinearInfo, layer: Arc<dyn LinearLayer>) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
-        Ok(self.adapters.attach(info, layer, self.dropout))
+        self.adapters.attach(info, layer, self.dropout)
     }
 }
 
 impl BuildHook for LoraAdapters {
     fn linear(&self, info: &LinearInfo, layer: Arc<dyn LinearLayer>) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
-        Ok(self.attach(info, layer, self.config.dropout))
+        self.attach(info, layer, self.config.dropout)
     }
 }
 
 impl LoraAdapters {
     /// `layer` with the branches of the module at `info.path` (and of its parts) attached.
-    fn attach(&self, info: &LinearInfo, layer: Arc<dyn LinearLayer>, dropout: f64) -> Arc<dyn LinearLayer> {
+    fn attach(&self, info: &LinearInfo, layer: Arc<dyn LinearLayer>, dropout: f64) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
         let rng = self.dropout_rng.clone();
         let inner: Arc<dyn LinearLayer> = match self.modules.get(&info.path) {
-            Some(m) => Arc::new(LoraLinear { inner: layer, module: m.clone(), dropout, rng: rng.clone() }),
+            Some(m) => {
+                let dora = match (&m.magnitude, layer.as_frozen()) {
+                    (Some(mag), Some(base)) => Some(dora::DoraNorms::of(&base.weight, mag.device())?),
+                    (Some(_), None) => return Err(lowrank_models::ModelError::Invalid(format!("DoRA on `{}` needs the frozen base layer, which another hook has replaced", info.path))),
+                    (None, _) => None,
+                };
+                Arc::new(LoraLinear { inner: layer, module: m.clone(), dropout, rng: rng.clone(), dora })
+            }
             None => layer,
         };
         let parts = parts_of(&self.modules, &info.path);
         if parts.is_empty() {
-            return inner;
+            return Ok(inner);
         }
-        parts_layer(info, inner, parts, dropout, rng)
+        Ok(parts_layer(info, inner, parts, dropout, rng))
     }
 }
 
 impl Adapter for LoraAdapters {
     fn method(&self) -> &'static str {
-        "lora"
+        if self.config.use_dora { "dora" } else { "lora" }
     }
     fn named_vars(&self) -> Vec<(String, Var)> {
         LoraAdapters::named_vars(self)
@@ -356,7 +444,8 @@ impl Adapter for LoraAdapters {
     }
     fn describe(&self) -> String {
         let c = &self.config;
-        format!("LoRA r={} alpha={}{} on {} modules, dropout {}", c.r, c.alpha, if c.use_rslora { " (rsLoRA)" } else { "" }, self.modules.len(), c.dropout)
+        let name = if c.use_dora { "DoRA" } else { "LoRA" };
+        format!("{name} r={} alpha={}{} on {} modules, dropout {}", c.r, c.alpha, if c.use_rslora { " (rsLoRA)" } else { "" }, self.modules.len(), c.dropout)
     }
     fn merge_into(&self, weights: &mut Weights) -> Result<()> {
         LoraAdapters::merge_into(self, weights)
@@ -402,7 +491,9 @@ impl Method for Lora {
         if cfg.init_seed == 0 {
             cfg.init_seed = ctx.seed;
         }
-        Ok(Box::new(LoraAdapters::init(&cfg, &ctx.layout.linear_modules(), ctx.device)?))
+        let adapters = LoraAdapters::init(&cfg, &ctx.layout.linear_modules(), ctx.device)?;
+        adapters.init_dora_magnitudes(ctx.weights)?;
+        Ok(Box::new(adapters))
     }
     fn load(&self, folder: &mut AdapterFolder, layout: &ModelLayout, device: &Device) -> Result<Box<dyn Adapter>> {
         Ok(Box::new(format::lora_from_folder(folder, layout, device)?))
