@@ -121,9 +121,13 @@ pub struct BenchTrainArgs {
     seq: usize,
     #[arg(long, default_value_t = 8)]
     rank: usize,
-    /// Comma-separated module names, or all-linear.
-    #[arg(long, default_value = "q_proj,v_proj")]
-    targets: String,
+    /// Comma-separated module names, or all-linear (default: q_proj,v_proj for LoRA and DoRA,
+    /// PEFT's family default for the other methods).
+    #[arg(long)]
+    targets: Option<String>,
+    /// The PEFT method: lora, dora, ia3, bitfit, ln_tuning.
+    #[arg(long, default_value = "lora")]
+    method: String,
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     steps: usize,
@@ -146,16 +150,29 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     anyhow::ensure!(a.steps >= 1, "--steps must be at least 1");
     let dev = device();
     let loaded = load_model_with(&a.model, &dev, training_dtype(&a.dtype)?, !a.dequantize).with_context(|| format!("loading model {}", a.model.display()))?;
-    let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
-    let adapters = LoraAdapters::init(&lcfg, &model_layout(&loaded.config)?.linear_modules(), &dev)?;
-    let mut model = AnyModel::new(&loaded.config, &loaded.weights, &adapters, &dev)?;
+    let layout = model_layout(&loaded.config)?;
+    let method = lowrank_peft::methods::by_name(&a.method)?;
+    // LoRA and DoRA: rank r, alpha 2r; every method: the targets given, else its default.
+    let mut settings = toml::Table::new();
+    if matches!(a.method.as_str(), "lora" | "dora") {
+        settings.insert("r".into(), toml::Value::Integer(a.rank as i64));
+        settings.insert("alpha".into(), toml::Value::Float(2.0 * a.rank as f64));
+        settings.insert("init_seed".into(), toml::Value::Integer(1));
+    }
+    if let Some(t) = &a.targets {
+        let spec = targets_of(t);
+        settings.insert("targets".into(), toml::Value::try_from(&spec)?);
+    }
+    let ctx = lowrank_peft::InitContext { layout: &layout, config: &loaded.config, weights: &loaded.weights, device: &dev, seed: 1 };
+    let adapter = method.init(&toml::Value::Table(settings), &ctx)?;
+    let mut model = AnyModel::new(&loaded.config, &loaded.weights, adapter.hook(), &dev)?;
     anyhow::ensure!(model.set_activation_checkpointing(a.checkpoint), "--checkpoint is only implemented for the Llama family");
     let vocab = loaded.config.vocab_size() as u64;
     let mut rng = lowrank_models::generate::SplitMix64(7);
     let ids: Vec<u32> = (0..a.batch * a.seq).map(|_| (rng.next_u64() % vocab) as u32).collect();
     let labels: Vec<Vec<i64>> = ids.chunks(a.seq).map(|r| r.iter().map(|&x| x as i64).collect()).collect();
     let input = candle_core::Tensor::from_vec(ids, (a.batch, a.seq), &dev)?;
-    let vars = Adapter::named_vars(&adapters);
+    let vars = adapter.named_vars();
     let var_list: Vec<candle_core::Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(vars.clone(), AdamWParams { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
     let mut times = Vec::new();
@@ -186,7 +203,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let line = serde_json::json!({
         "bench": "train",
         "model": a.model.display().to_string(), "device": device_name(&dev),
-        "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets, "dtype": a.dtype, "bf16_products": lowrank_models::ops::bf16_gemm::bf16_products(), "activation_checkpointing": a.checkpoint,
+        "batch": a.batch, "seq": a.seq, "method": a.method, "rank": a.rank, "targets": a.targets.as_deref().unwrap_or("default"), "dtype": a.dtype, "bf16_products": lowrank_models::ops::bf16_gemm::bf16_products(), "activation_checkpointing": a.checkpoint,
         "threads": candle_core::utils::get_num_threads(),
         "steps": a.steps,
         "tokens_per_s": (a.batch * a.seq) as f64 / median,
@@ -194,7 +211,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         "step_ms_min": times[0] * 1000.0,
         "step_ms_max": times[times.len() - 1] * 1000.0,
         "peak_rss_mib": peak_rss_mib(),
-        "trainable_params": adapters.trainable_parameters(),
+        "trainable_params": adapter.trainable_parameters(),
         "first_loss": losses[0],
         "losses": losses,
     });

@@ -6,14 +6,6 @@ use lowrank_models::{load_model_with, model_layout, AnyModel, CausalLm, Hooks, L
 use lowrank_peft::{load_adapter, Adapter};
 use std::path::Path;
 
-/// When `cfg` names no targets (or Llama's default), PEFT's default for the model's family:
-/// `q_proj, v_proj`; GPT-2 `c_attn`; T5 `q, v`.
-pub fn family_default_targets(cfg: &mut lowrank_peft::LoraConfig, model: &lowrank_models::ModelConfig) {
-    if cfg.targets == lowrank_peft::TargetSpec::default() {
-        cfg.targets = lowrank_peft::TargetSpec::Names(model.default_lora_targets());
-    }
-}
-
 pub use lowrank_models::allocator::tune_allocator;
 
 pub fn parse_dtype(s: &str) -> Result<DType> {
@@ -130,9 +122,19 @@ pub fn open_for_inference(model: &Path, adapter: Option<&Path>, merge: bool, dty
     // Rounding merged weights to 4- or 8-bit blocks would round a small adapter update away
     // (the step between 4-bit levels is larger than most of B·A's entries): with `--quantize`
     // the adapter stays an f32 branch beside the quantized base.
-    let merge = merge && quant.is_none();
+    let mut merge = merge && quant.is_none();
     if let (Some(a), true) = (&adapter, merge) {
-        a.merge_into(&mut loaded.weights)?;
+        // Into a copy (the tensors are shared, not copied): a method that cannot merge leaves
+        // the weights as they were and runs unmerged.
+        let mut merged = loaded.weights.clone();
+        match a.merge_into(&mut merged) {
+            Ok(()) => loaded.weights = merged,
+            Err(lowrank_peft::PeftError::NotMergeable { reason, .. }) => {
+                eprintln!("lowrank: note: the adapter runs unmerged: {reason}");
+                merge = false;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let unmerged = adapter.as_deref().filter(|_| !merge);
     if engine == Engine::Fast {

@@ -4,42 +4,24 @@ use crate::common::{thousands, trainable_line};
 use anyhow::{Context, Result};
 use lowrank_models::gguf::{hf_name, GgufFile};
 use lowrank_models::load_config;
-use lowrank_peft::{LoraAdapters, LoraConfig, TargetSpec};
+
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
     /// A Hugging Face model folder, a .gguf file, or a PEFT adapter folder.
     path: PathBuf,
-    /// LoRA settings to count, e.g. `r=8,alpha=16,targets=q_proj,v_proj`.
+    /// LoRA settings to count, e.g. `r=8,alpha=16,targets=q_proj,v_proj` (`--method lora` with
+    /// these settings).
     #[arg(long)]
     lora: Option<String>,
+    /// A PEFT method to count (lora, dora, ia3, bitfit, ln_tuning), with its run-file settings as
+    /// `key=value,...` after it, e.g. `--method ia3 targets=k_proj,v_proj`.
+    #[arg(long, num_args = 1..=2, value_names = ["NAME", "SETTINGS"])]
+    method: Vec<String>,
     /// Print every tensor, not only a summary per module kind.
     #[arg(long)]
     all: bool,
-}
-
-/// Parses `r=8,alpha=16,targets=q_proj,v_proj` (names after `targets=` run to the next `key=`).
-pub fn parse_lora_spec(s: &str) -> Result<LoraConfig> {
-    let mut cfg = LoraConfig::default();
-    let mut targets: Option<Vec<String>> = None;
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        match part.split_once('=') {
-            Some(("r", v)) => cfg.r = v.parse().with_context(|| format!("--lora: r = `{v}` is not a number"))?,
-            Some(("alpha", v)) | Some(("lora_alpha", v)) => cfg.alpha = v.parse().with_context(|| format!("--lora: alpha = `{v}` is not a number"))?,
-            Some(("targets", v)) | Some(("target_modules", v)) => targets = Some(vec![v.to_string()]),
-            Some(("rslora", v)) => cfg.use_rslora = v == "true",
-            Some((k, _)) => anyhow::bail!("--lora: unknown setting `{k}` (r, alpha, targets, rslora)"),
-            None => match targets.as_mut() {
-                Some(t) => t.push(part.to_string()),
-                None => anyhow::bail!("--lora: `{part}` is not key=value"),
-            },
-        }
-    }
-    if let Some(t) = targets {
-        cfg.targets = if t.len() == 1 && (t[0] == "all-linear" || t[0].contains(['*', '\\', '(', '|'])) { TargetSpec::Pattern(t[0].clone()) } else { TargetSpec::Names(t) };
-    }
-    Ok(cfg)
 }
 
 struct Row {
@@ -107,17 +89,67 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
     println!("total parameters: {}", thousands(total));
     let Some(config) = config else {
-        let cfg = std::fs::read_to_string(a.path.join("adapter_config.json"))?;
-        println!("adapter_config.json:\n{cfg}");
+        let path = a.path.join("adapter_config.json");
+        let cfg = lowrank_peft::folder::read_config(&path)?;
+        let peft_type = cfg.get("peft_type").and_then(|v| v.as_str()).unwrap_or("(none)");
+        let method = lowrank_peft::methods::by_peft_type(peft_type, &path).map(|m| m.name()).unwrap_or("not one lowrank reads");
+        let method = if cfg.get("use_dora").and_then(|v| v.as_bool()) == Some(true) { "dora" } else { method };
+        println!("adapter: peft_type {peft_type} (lowrank method: {method}), task {}, base model {}", cfg.get("task_type").and_then(|v| v.as_str()).unwrap_or("?"), cfg.get("base_model_name_or_path").and_then(|v| v.as_str()).unwrap_or("?"));
+        println!("trainable params: {} in {} tensors", thousands(total), rows.len());
+        println!("adapter_config.json:\n{}", serde_json::to_string_pretty(&cfg)?);
         return Ok(());
     };
     println!("{}", config.summary());
-    if let Some(spec) = &a.lora {
-        let mut lcfg = parse_lora_spec(spec)?;
-        crate::common::family_default_targets(&mut lcfg, &config);
-        let adapters = LoraAdapters::init(&lcfg, &lowrank_models::model_layout(&config)?.linear_modules(), &candle_core::Device::Cpu)?;
-        println!("LoRA r={} alpha={} on {} modules", lcfg.r, lcfg.alpha, adapters.modules.len());
-        println!("{}", trainable_line(adapters.trainable_parameters(), total));
-    }
+    let (name, settings) = match (&a.lora, a.method.as_slice()) {
+        (Some(_), [_, ..]) => anyhow::bail!("--lora and --method: give one (--lora S is --method lora S)"),
+        (Some(spec), []) => ("lora".to_string(), Some(spec.clone())),
+        (None, [name]) => (name.clone(), None),
+        (None, [name, spec]) => (name.clone(), Some(spec.clone())),
+        (None, _) => return Ok(()),
+    };
+    let method = lowrank_peft::methods::by_name(&name)?;
+    let settings = parse_settings(settings.as_deref().unwrap_or(""), &name)?;
+    let layout = lowrank_models::model_layout(&config)?;
+    let weights = lowrank_models::Weights::shapes_only();
+    let ctx = lowrank_peft::InitContext { layout: &layout, config: &config, weights: &weights, device: &candle_core::Device::Cpu, seed: 1 };
+    let adapter = method.init(&settings, &ctx)?;
+    println!("{}", adapter.describe());
+    println!("{}", trainable_line(adapter.trainable_parameters(), total));
     Ok(())
+}
+
+/// `key=value,...` as a method's run-file section: the values of `targets`, `feedforward` and
+/// `exclude` are lists of names (running to the next `key=`; one regular expression or
+/// `all-linear` stays a string), others TOML values (numbers, booleans) or strings. LoRA's
+/// `rslora` and `lora_alpha` are accepted as `use_rslora` and `alpha`.
+fn parse_settings(s: &str, method: &str) -> Result<toml::Value> {
+    const LISTS: [&str; 3] = ["targets", "feedforward", "exclude"];
+    let mut table = toml::Table::new();
+    let mut list: Option<(String, Vec<String>)> = None;
+    let flush = |table: &mut toml::Table, list: &mut Option<(String, Vec<String>)>| {
+        if let Some((k, v)) = list.take() {
+            let value = if k != "exclude" && v.len() == 1 && (v[0] == "all-linear" || v[0].contains(['*', '\\', '(', '|'])) { toml::Value::String(v[0].clone()) } else { toml::Value::Array(v.into_iter().map(toml::Value::String).collect()) };
+            table.insert(k, value);
+        }
+    };
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some((k, v)) => {
+                flush(&mut table, &mut list);
+                let k = match k { "rslora" => "use_rslora", "lora_alpha" => "alpha", "target_modules" => "targets", other => other };
+                if LISTS.contains(&k) {
+                    list = Some((k.to_string(), vec![v.to_string()]));
+                } else {
+                    let value = toml::from_str::<toml::Table>(&format!("v = {v}")).ok().and_then(|mut t| t.remove("v")).unwrap_or(toml::Value::String(v.to_string()));
+                    table.insert(k.to_string(), value);
+                }
+            }
+            None => match list.as_mut() {
+                Some((_, v)) => v.push(part.to_string()),
+                None => anyhow::bail!("--method {method}: `{part}` is not key=value"),
+            },
+        }
+    }
+    flush(&mut table, &mut list);
+    Ok(toml::Value::Table(table))
 }

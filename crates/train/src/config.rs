@@ -337,6 +337,10 @@ impl RunConfig {
     /// The resolved settings as TOML (the run folder's `config.toml`), method sections included.
     pub fn to_toml(&self) -> String {
         let Ok(toml::Value::Table(mut t)) = toml::Value::try_from(self) else { return String::new() };
+        if self.peft.method != "lora" {
+            // LoRA's defaults are not this run's settings.
+            t.remove("lora");
+        }
         for (name, section) in &self.method_sections {
             t.insert(name.clone(), section.clone());
         }
