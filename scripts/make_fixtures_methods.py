@@ -51,6 +51,8 @@ def peft_config(family: str, method: str, task: str):
         return LNTuningConfig(task_type=task)
     if method == "bitfit":
         return BeftConfig(task_type=task)
+    if method == "loraplus":
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type=task)
     if method == "dora":
         return LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=DORA_TARGETS[family], task_type=task,
                           fan_in_fan_out=(family == "gpt2"))
@@ -59,6 +61,7 @@ def peft_config(family: str, method: str, task: str):
 
 # BEFT takes nn.Linear only: GPT-2's Conv1D layers cannot take it.
 CASES = [(f, m) for f in ["llama", "gpt2", "t5"] for m in ["ia3", "ln_tuning", "bitfit", "dora"] if not (f == "gpt2" and m == "bitfit")]
+CASES.append(("llama", "loraplus"))  # LoRA with PEFT's LoRA+ optimizer (B's learning rate 16x A's)
 
 
 def perturb(model, method: str, seed: int) -> None:
@@ -102,6 +105,13 @@ def build(family: str, method: str) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model.save_pretrained(str(out / "adapter"))
+    # PEFT writes its module sets in hash order: sorted, the file is the same every run.
+    cfg_path = out / "adapter" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for key in ("target_modules", "feedforward_modules"):
+        if isinstance(cfg.get(key), list):
+            cfg[key] = sorted(cfg[key])
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     golden = {}
     model.eval()
     with torch.no_grad():
@@ -110,7 +120,11 @@ def build(family: str, method: str) -> None:
     golden["loss"] = o.loss.reshape(1).detach().clone()
     model.train()
     params = {peft_key(n): p for n, p in model.named_parameters() if p.requires_grad}
-    opt = torch.optim.AdamW(list(params.values()), lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    if method == "loraplus":
+        from peft.optimizers import create_loraplus_optimizer
+        opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-2, loraplus_lr_ratio=16.0, loraplus_weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        opt = torch.optim.AdamW(list(params.values()), lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     losses = []
     for step in range(3):
         opt.zero_grad()

@@ -157,6 +157,7 @@ pub fn config_from_folder(folder: &mut AdapterFolder) -> Result<LoraConfig> {
         alpha_pattern: map_f64("alpha_pattern"),
         init_seed: 0,
         use_dora: v.get("use_dora").and_then(Value::as_bool).unwrap_or(false),
+        loraplus_lr_ratio: 1.0,
     })
 }
 

@@ -44,6 +44,9 @@ pub struct LoraConfig {
     /// DoRA (PEFT's `use_dora`): a trained magnitude per output row over the normalised
     /// `W + s·B·A` (see [`dora`]).
     pub use_dora: bool,
+    /// LoRA+ (PEFT's `create_loraplus_optimizer`): B (and every 1-D tensor, DoRA's magnitudes)
+    /// learns at this multiple of the learning rate of A. 1: plain LoRA.
+    pub loraplus_lr_ratio: f64,
 }
 
 impl Default for LoraConfig {
@@ -59,6 +62,7 @@ impl Default for LoraConfig {
             alpha_pattern: BTreeMap::new(),
             init_seed: 0,
             use_dora: false,
+            loraplus_lr_ratio: 1.0,
         }
     }
 }
@@ -97,6 +101,9 @@ impl LoraConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(PeftError::Invalid(format!("dropout must be in [0, 1), got {}", self.dropout)));
+        }
+        if !(self.loraplus_lr_ratio > 0.0 && self.loraplus_lr_ratio.is_finite()) {
+            return Err(PeftError::Invalid(format!("loraplus_lr_ratio must be a positive number, got {}", self.loraplus_lr_ratio)));
         }
         if let Some((p, _)) = self.rank_pattern.iter().find(|(_, &r)| r == 0) {
             return Err(PeftError::Invalid(format!("rank_pattern `{p}` sets r = 0")));
@@ -429,6 +436,11 @@ impl Adapter for LoraAdapters {
     }
     fn named_vars(&self) -> Vec<(String, Var)> {
         LoraAdapters::named_vars(self)
+    }
+    fn lr_scales(&self) -> Vec<f64> {
+        // LoRA+: B and the 1-D tensors at the ratio, A at 1.
+        let ratio = self.config.loraplus_lr_ratio;
+        LoraAdapters::named_vars(self).iter().map(|(n, v)| if n.ends_with(".lora_B.weight") || v.rank() == 1 { ratio } else { 1.0 }).collect()
     }
     fn hook(&self) -> &dyn BuildHook {
         self
