@@ -51,6 +51,8 @@ def peft_config(family: str, method: str, task: str):
         return LNTuningConfig(task_type=task)
     if method == "bitfit":
         return BeftConfig(task_type=task)
+    if method in ("pissa", "olora"):
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type=task, init_lora_weights=method)
     if method == "loraplus":
         return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type=task)
     if method == "dora":
@@ -62,6 +64,10 @@ def peft_config(family: str, method: str, task: str):
 # BEFT takes nn.Linear only: GPT-2's Conv1D layers cannot take it.
 CASES = [(f, m) for f in ["llama", "gpt2", "t5"] for m in ["ia3", "ln_tuning", "bitfit", "dora"] if not (f == "gpt2" and m == "bitfit")]
 CASES.append(("llama", "loraplus"))  # LoRA with PEFT's LoRA+ optimizer (B's learning rate 16x A's)
+# LoRA initialised from the base weight (which it changes): compared after 3 AdamW steps through
+# the plain LoRA PEFT converts them to (their factors are unique only up to signs).
+MUTATING = ["pissa", "olora"]
+CASES += [("llama", m) for m in MUTATING]
 
 
 def perturb(model, method: str, seed: int) -> None:
@@ -99,6 +105,8 @@ def build(family: str, method: str) -> None:
     torch.manual_seed(0)
     model = cls.from_pretrained(str(base.relative_to(ROOT)))
     model = get_peft_model(model, peft_config(family, method, task))
+    if method in MUTATING:
+        return build_mutating(family, method, model, batch)
     perturb(model, method, seed=CASES.index((family, method)) + 1)
     out = OUT / f"{family}-{method}"
     if out.exists():
@@ -120,6 +128,8 @@ def build(family: str, method: str) -> None:
     golden["loss"] = o.loss.reshape(1).detach().clone()
     model.train()
     params = {peft_key(n): p for n, p in model.named_parameters() if p.requires_grad}
+    if method in ("pissa", "olora"):
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type=task, init_lora_weights=method)
     if method == "loraplus":
         from peft.optimizers import create_loraplus_optimizer
         opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-2, loraplus_lr_ratio=16.0, loraplus_weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)
@@ -141,6 +151,44 @@ def build(family: str, method: str) -> None:
     save_file({k: v.contiguous() for k, v in golden.items()}, str(out / "golden.safetensors"))
     n = sum(p.numel() for p in params.values())
     print(f"{family}-{method}: {len(params)} trainable tensors ({n} values), loss {golden['loss'].item():.6f}")
+
+
+def build_mutating(family: str, method: str, model, batch) -> None:
+    """PiSSA/OLoRA: the initial model saved, 3 AdamW steps, then the adapter saved converted to
+    plain LoRA (rank 2r); golden: the logits after the steps and each module's ΔW = s'·B'·A'."""
+    out = OUT / f"{family}-{method}"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    init_dir = out / "initial"
+    model.save_pretrained(str(init_dir))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = forward(model, family, batch).loss
+        loss.backward()
+        losses.append(loss.item())
+        opt.step()
+    model.eval()
+    golden = {"step_losses": torch.tensor(losses, dtype=torch.float32)}
+    with torch.no_grad():
+        golden["logits3"] = forward(model, family, batch).logits.detach().clone()
+    model.save_pretrained(str(out / "adapter"), path_initial_model_for_weight_conversion=str(init_dir))
+    shutil.rmtree(init_dir)
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    (out / "adapter" / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    t = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    scale = cfg["lora_alpha"] / cfg["r"]
+    for k in t:
+        if k.endswith("lora_A.weight"):
+            path = k[len("base_model.model."):-len(".lora_A.weight")]
+            golden[f"delta.{path}"] = scale * t[k.replace("lora_A", "lora_B")] @ t[k]
+    save_file({k: v.contiguous() for k, v in golden.items()}, str(out / "golden.safetensors"))
+    print(f"{family}-{method}: converted to LoRA r={cfg['r']}, losses {[round(x, 6) for x in losses]}")
 
 
 def check_ours(d: Path, family: str) -> int:

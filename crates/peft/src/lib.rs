@@ -5,6 +5,7 @@ pub mod adapter;
 pub mod dropout;
 pub mod error;
 pub mod folder;
+pub mod linalg;
 pub mod methods;
 pub mod targets;
 

@@ -233,3 +233,55 @@ fn adapters_lowrank_writes_reproduce_their_recorded_logits() {
         assert!(d < 5e-5, "ours-{family}-{method}: {d}");
     }
 }
+
+/// PiSSA and OLoRA (LoRA initialised from the base weight, training over the residual): the same
+/// losses as PEFT for 3 AdamW steps, the same logits after them, and the adapter saved as PEFT
+/// converts it (plain LoRA of rank 2r) with PEFT's weight change in every module. PEFT's
+/// converted folder itself loads as LoRA and gives those logits.
+#[test]
+fn pissa_and_olora_match_peft_after_three_steps() {
+    for init in ["pissa", "olora"] {
+        let dir = fixture_dir("methods").join(format!("llama-{init}"));
+        let golden = read_golden(&dir.join("golden.safetensors"));
+        let b = batch("llama");
+        let loaded = load_model(&base_dir("llama"), &Device::Cpu, DType::F32).unwrap();
+        let layout = model_layout(&loaded.config).unwrap();
+        let settings: toml::Value = toml::from_str(&format!("r = 4\nalpha = 8\ntargets = [\"q_proj\", \"v_proj\"]\ninit_lora_weights = \"{init}\"")).unwrap();
+        let ctx = lowrank_peft::InitContext { layout: &layout, config: &loaded.config, weights: &loaded.weights, device: &Device::Cpu, seed: 1 };
+        let adapter = lowrank_peft::methods::by_name("lora").unwrap().init(&settings, &ctx).unwrap();
+        let model = AnyModel::new(&loaded.config, &loaded.weights, adapter.hook(), &Device::Cpu).unwrap();
+        let vars = adapter.named_vars();
+        let mut opt = AdamW::new(vars.clone(), AdamWParams { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }).unwrap();
+        let labels = rows_i64(&b["labels"]);
+        let want = golden["step_losses"].to_vec1::<f32>().unwrap();
+        for (step, w) in want.iter().enumerate() {
+            let (sum, n) = model.loss_sum(&b["input_ids"], Some(&b["attention_mask"]), &labels, 0.0, true).unwrap();
+            let loss = (sum / n as f64).unwrap();
+            let lv = loss.to_scalar::<f32>().unwrap();
+            println!("{init} step {step}: loss ours {lv} PEFT {w}");
+            assert!((lv - w).abs() <= 2e-5 * w.abs(), "{init} step {step}: {lv} vs {w}");
+            let grads = collect_grads(&vars, &loss.backward().unwrap());
+            opt.step(&grads, 1e-2).unwrap();
+        }
+        let out = logits(&model, &b);
+        let (d, scale) = max_diff_masked(&out, &golden["logits3"], &rows_i64(&b["attention_mask"]));
+        println!("{init} logits after 3 steps: max |diff| = {d:e}");
+        assert!(d <= 1e-4 * scale.max(1.0), "{init}: {d}");
+        // Saved as plain LoRA of rank 8 whose weight change equals PEFT's.
+        let tmp = tempfile::tempdir().unwrap();
+        lowrank_peft::save_adapter(tmp.path(), adapter.as_ref(), &AdapterInfo::for_model("tiny", &loaded.config)).unwrap();
+        let ours = lowrank_peft::load_lora(tmp.path(), &layout, &Device::Cpu).unwrap().adapters;
+        assert_eq!(ours.config.r, 8);
+        let mut worst = 0f32;
+        for (path, m) in &ours.modules {
+            let d = diff(&m.delta_weight().unwrap(), &golden[&format!("delta.{path}")]);
+            worst = worst.max(d);
+            assert!(d < 1e-5, "{init} {path}: ΔW differs by {d}");
+        }
+        println!("{init}: ΔW of the converted adapter, max |diff| = {worst:e}");
+        let peft = load_adapter(&dir.join("adapter"), &layout, &Device::Cpu).unwrap().adapter;
+        let on_base = logits(&AnyModel::new(&loaded.config, &loaded.weights, peft.hook(), &Device::Cpu).unwrap(), &b);
+        let (d, _) = max_diff_masked(&on_base, &golden["logits3"], &rows_i64(&b["attention_mask"]));
+        assert!(d <= 1e-4 * scale.max(1.0), "{init}: PEFT's converted folder gives logits {d} off");
+    }
+}

@@ -49,7 +49,7 @@ pub fn adapter_config_json(adapters: &LoraAdapters, info: &AdapterInfo) -> Value
         "exclude_modules": if c.exclude.is_empty() { Value::Null } else { json!(c.exclude) },
         "fan_in_fan_out": info.fan_in_fan_out,
         "inference_mode": true,
-        "init_lora_weights": true,
+        "init_lora_weights": c.init_lora_weights,
         "layers_pattern": null,
         "layers_to_transform": null,
         "lora_alpha": c.alpha,
@@ -135,6 +135,14 @@ pub fn config_from_folder(folder: &mut AdapterFolder) -> Result<LoraConfig> {
         Value::Array(a) => TargetSpec::Names(a.iter().filter_map(|x| x.as_str().map(String::from)).collect()),
         _ => return Err(bad("target_modules", "a list of names or a string")),
     };
+    if let Some(init) = v.get("init_lora_weights").filter(|x| !x.is_null()) {
+        let parsed: super::init::InitLoraWeights = serde_json::from_value(init.clone()).map_err(|_| bad("init_lora_weights", "true, false or a name"))?;
+        if parsed.mutates_base() {
+            return Err(folder.invalid(format!(
+                "init_lora_weights = {init}: this is PiSSA/OLoRA's own form, which works only over its residual base; save it with path_initial_model_for_weight_conversion (lowrank's adapter/ folders are converted so)"
+            )));
+        }
+    }
     let map_usize = |key: &str| -> BTreeMap<String, usize> {
         v.get(key).and_then(Value::as_object).map(|o| o.iter().filter_map(|(k, x)| x.as_u64().map(|n| (k.clone(), n as usize))).collect()).unwrap_or_default()
     };
@@ -158,6 +166,7 @@ pub fn config_from_folder(folder: &mut AdapterFolder) -> Result<LoraConfig> {
         init_seed: 0,
         use_dora: v.get("use_dora").and_then(Value::as_bool).unwrap_or(false),
         loraplus_lr_ratio: 1.0,
+        init_lora_weights: super::init::InitLoraWeights::Flag(true),
     })
 }
 
@@ -230,7 +239,7 @@ pub fn lora_from_folder(folder: &mut AdapterFolder, layout: &ModelLayout, _devic
     if modules.is_empty() {
         return Err(PeftError::InvalidConfig { path: st_path, reason: "no LoRA tensors found".into() });
     }
-    Ok(LoraAdapters { config, modules, dropout_rng: DropoutRng::new(0) })
+    Ok(LoraAdapters { config, modules, dropout_rng: DropoutRng::new(0), mutated: BTreeMap::new() })
 }
 
 /// A LoRA folder read as LoRA (tests and tools that need LoRA's own types).

@@ -6,6 +6,7 @@
 pub mod dora;
 pub mod format;
 pub mod fused_op;
+pub mod init;
 pub mod parts;
 
 use crate::adapter::{Adapter, AdapterInfo};
@@ -47,6 +48,8 @@ pub struct LoraConfig {
     /// LoRA+ (PEFT's `create_loraplus_optimizer`): B (and every 1-D tensor, DoRA's magnitudes)
     /// learns at this multiple of the learning rate of A. 1: plain LoRA.
     pub loraplus_lr_ratio: f64,
+    /// PEFT's `init_lora_weights`: true, false, "gaussian", "pissa", "olora" (see [`init`]).
+    pub init_lora_weights: init::InitLoraWeights,
 }
 
 impl Default for LoraConfig {
@@ -63,6 +66,7 @@ impl Default for LoraConfig {
             init_seed: 0,
             use_dora: false,
             loraplus_lr_ratio: 1.0,
+            init_lora_weights: init::InitLoraWeights::default(),
         }
     }
 }
@@ -102,6 +106,7 @@ impl LoraConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(PeftError::Invalid(format!("dropout must be in [0, 1), got {}", self.dropout)));
         }
+        self.init_lora_weights.kind()?;
         if !(self.loraplus_lr_ratio > 0.0 && self.loraplus_lr_ratio.is_finite()) {
             return Err(PeftError::Invalid(format!("loraplus_lr_ratio must be a positive number, got {}", self.loraplus_lr_ratio)));
         }
@@ -154,6 +159,8 @@ pub struct LoraAdapters {
     pub config: LoraConfig,
     pub modules: BTreeMap<String, LoraModule>,
     pub dropout_rng: DropoutRng,
+    /// PiSSA/OLoRA: the residual base each module trains over, by path (see [`init`]).
+    pub mutated: BTreeMap<String, init::MutatedBase>,
 }
 
 impl LoraAdapters {
@@ -178,7 +185,7 @@ impl LoraAdapters {
             let magnitude = if config.use_dora { Some(Var::ones(*d_out, DType::F32, device)?) } else { None };
             modules.insert(path.clone(), LoraModule { path: path.clone(), a, b, r, alpha, scale: config.scale(r, alpha), part, magnitude });
         }
-        Ok(Self { config: config.clone(), modules, dropout_rng: DropoutRng::new(config.init_seed) })
+        Ok(Self { config: config.clone(), modules, dropout_rng: DropoutRng::new(config.init_seed), mutated: BTreeMap::new() })
     }
 
     /// Trainable parameters: `Σ r·(d_in + d_out)`.
@@ -411,6 +418,12 @@ impl LoraAdapters {
     /// `layer` with the branches of the module at `info.path` (and of its parts) attached.
     fn attach(&self, info: &LinearInfo, layer: Arc<dyn LinearLayer>, dropout: f64) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
         let rng = self.dropout_rng.clone();
+        // PiSSA/OLoRA: the module trains over its residual base.
+        let layer: Arc<dyn LinearLayer> = match (self.mutated.get(&info.path), layer.as_frozen()) {
+            (Some(m), Some(base)) => Arc::new(lowrank_models::BaseLinear { path: base.path.clone(), weight: m.residual.clone().into(), bias: base.bias.clone() }),
+            (Some(_), None) => return Err(lowrank_models::ModelError::Invalid(format!("PiSSA/OLoRA on `{}` needs the frozen base layer, which another hook has replaced", info.path))),
+            (None, _) => layer,
+        };
         let inner: Arc<dyn LinearLayer> = match self.modules.get(&info.path) {
             Some(m) => {
                 let dora = match (&m.magnitude, layer.as_frozen()) {
@@ -460,19 +473,19 @@ impl Adapter for LoraAdapters {
         format!("{name} r={} alpha={}{} on {} modules, dropout {}", c.r, c.alpha, if c.use_rslora { " (rsLoRA)" } else { "" }, self.modules.len(), c.dropout)
     }
     fn merge_into(&self, weights: &mut Weights) -> Result<()> {
-        LoraAdapters::merge_into(self, weights)
+        LoraAdapters::merge_into(&self.converted()?, weights)
     }
     fn config_json(&self, info: &AdapterInfo) -> serde_json::Value {
         format::adapter_config_json(self, info)
     }
     fn save(&self, dir: &Path, info: &AdapterInfo) -> Result<()> {
-        format::save_lora(dir, self, info)
+        format::save_lora(dir, &self.converted()?, info)
     }
     fn save_native(&self, dir: &Path, info: &AdapterInfo) -> Result<()> {
         format::save_lora_native(dir, self, info)
     }
     fn decode_branches(&self) -> Result<Option<BTreeMap<String, lowrank_models::fast_decode::LoraBranch>>> {
-        LoraAdapters::decode_branches(self)
+        LoraAdapters::decode_branches(&self.converted()?)
     }
 }
 
@@ -503,7 +516,8 @@ impl Method for Lora {
         if cfg.init_seed == 0 {
             cfg.init_seed = ctx.seed;
         }
-        let adapters = LoraAdapters::init(&cfg, &ctx.layout.linear_modules(), ctx.device)?;
+        let mut adapters = LoraAdapters::init(&cfg, &ctx.layout.linear_modules(), ctx.device)?;
+        adapters.init_from_base(ctx.weights)?;
         adapters.init_dora_magnitudes(ctx.weights)?;
         Ok(Box::new(adapters))
     }
