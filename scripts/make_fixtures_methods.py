@@ -35,6 +35,7 @@ FIX = ROOT / "tests" / "fixtures"
 OUT = FIX / "methods"
 
 FAMILIES = {
+    "qwen2": (FIX / "tiny-llama" / "hf-qwen2", FIX / "tiny-llama" / "golden.safetensors", AutoModelForCausalLM, "CAUSAL_LM"),
     "llama": (FIX / "tiny-llama" / "hf", FIX / "tiny-llama" / "golden.safetensors", AutoModelForCausalLM, "CAUSAL_LM"),
     "gpt2": (FIX / "tiny-gpt2" / "hf", FIX / "tiny-gpt2" / "golden.safetensors", AutoModelForCausalLM, "CAUSAL_LM"),
     "t5": (FIX / "tiny-t5" / "v1_1" / "hf", FIX / "tiny-t5" / "v1_1" / "golden.safetensors", AutoModelForSeq2SeqLM, "SEQ_2_SEQ_LM"),
@@ -51,6 +52,12 @@ def peft_config(family: str, method: str, task: str):
         return LNTuningConfig(task_type=task)
     if method == "bitfit":
         return BeftConfig(task_type=task)
+    if method == "lora-bias-all":
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], bias="all", fan_in_fan_out=True, task_type=task)
+    if method == "lora-bias-lora_only":
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], bias="lora_only", task_type=task)
+    if method == "lora-modules_to_save":
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["down_proj", "post_attention_layernorm"], task_type=task)
     if method in ("pissa", "olora"):
         return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type=task, init_lora_weights=method)
     if method == "loraplus":
@@ -63,6 +70,7 @@ def peft_config(family: str, method: str, task: str):
 
 # BEFT takes nn.Linear only: GPT-2's Conv1D layers cannot take it.
 CASES = [(f, m) for f in ["llama", "gpt2", "t5"] for m in ["ia3", "ln_tuning", "bitfit", "dora"] if not (f == "gpt2" and m == "bitfit")]
+CASES += [("gpt2", "lora-bias-all"), ("qwen2", "lora-bias-lora_only"), ("llama", "lora-modules_to_save")]
 CASES.append(("llama", "loraplus"))  # LoRA with PEFT's LoRA+ optimizer (B's learning rate 16x A's)
 # LoRA initialised from the base weight (which it changes): compared after 3 AdamW steps through
 # the plain LoRA PEFT converts them to (their factors are unique only up to signs).
@@ -82,6 +90,8 @@ def perturb(model, method: str, seed: int) -> None:
                 p.mul_(1.0 + 0.2 * noise)  # around their start (ones, the norm's weight, the rows' norms)
             elif "lora_A" in name:
                 pass  # kaiming-uniform already
+            elif "modules_to_save" in name or name.endswith("bias") and "lora" in method:
+                p.add_(0.1 * noise)  # trained copies and biases move from the base's values
             else:
                 p.copy_(0.1 * noise)  # biases, LayerNorm biases, DoRA's B
 
@@ -96,6 +106,7 @@ def peft_key(name: str) -> str:
     """A parameter name as PEFT writes it in adapter_model.safetensors (adapter name removed)."""
     name = name.replace(".default", "")
     # PEFT writes DoRA's magnitude without the `.weight` of its module.
+    name = name.replace(".modules_to_save.", ".")  # a trained copy is saved under the module's own name
     return name.replace("lora_magnitude_vector.weight", "lora_magnitude_vector")
 
 
@@ -128,8 +139,6 @@ def build(family: str, method: str) -> None:
     golden["loss"] = o.loss.reshape(1).detach().clone()
     model.train()
     params = {peft_key(n): p for n, p in model.named_parameters() if p.requires_grad}
-    if method in ("pissa", "olora"):
-        return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type=task, init_lora_weights=method)
     if method == "loraplus":
         from peft.optimizers import create_loraplus_optimizer
         opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-2, loraplus_lr_ratio=16.0, loraplus_weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)

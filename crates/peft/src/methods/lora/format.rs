@@ -45,7 +45,7 @@ pub fn adapter_config_json(adapters: &LoraAdapters, info: &AdapterInfo) -> Value
         "alpha_pattern": c.alpha_pattern,
         "auto_mapping": null,
         "base_model_name_or_path": info.base_model,
-        "bias": "none",
+        "bias": c.bias,
         "exclude_modules": if c.exclude.is_empty() { Value::Null } else { json!(c.exclude) },
         "fan_in_fan_out": info.fan_in_fan_out,
         "inference_mode": true,
@@ -54,7 +54,7 @@ pub fn adapter_config_json(adapters: &LoraAdapters, info: &AdapterInfo) -> Value
         "layers_to_transform": null,
         "lora_alpha": c.alpha,
         "lora_dropout": c.dropout,
-        "modules_to_save": null,
+        "modules_to_save": if c.modules_to_save.is_empty() { Value::Null } else { json!(c.modules_to_save) },
         "peft_type": "LORA",
         "r": c.r,
         "rank_pattern": c.rank_pattern,
@@ -104,6 +104,9 @@ pub fn save_lora(dir: &Path, adapters: &LoraAdapters, info: &AdapterInfo) -> Res
         tensors.insert(format!("{PREFIX}{parent}.lora_B.weight"), e.b);
         fused_ranks.push((e.r, e.alpha));
     }
+    for (name, var) in adapters.extra.named_vars(&|p| adapters.is_adapted(p)) {
+        tensors.insert(format!("{PREFIX}{name}"), var.as_tensor().to_dtype(DType::F32)?);
+    }
     let (r0, a0) = fused_ranks[0];
     if fused_ranks.iter().any(|&(r, a)| r != r0 || (a - a0).abs() > 1e-12 * a0.abs().max(1.0)) {
         return Err(PeftError::Invalid("the fused layers' parts differ in rank or alpha from layer to layer: PEFT's format cannot express that; use one rank and alpha for all".into()));
@@ -143,6 +146,21 @@ pub fn config_from_folder(folder: &mut AdapterFolder) -> Result<LoraConfig> {
             )));
         }
     }
+    // Keys that change what the adapter computes: honoured above or refused by name.
+    if let Some(b) = v.get("bias").and_then(Value::as_str).filter(|b| !matches!(*b, "none" | "all" | "lora_only")) {
+        return Err(bad("bias", &format!("\"none\", \"all\" or \"lora_only\" (got \"{b}\")")));
+    }
+    for key in ["layers_to_transform", "layers_pattern", "layer_replication", "target_parameters", "trainable_token_indices", "loftq_config", "eva_config", "corda_config"] {
+        let set = v.get(key).is_some_and(|x| !(x.is_null() || x.as_object().is_some_and(|o| o.is_empty())));
+        if set {
+            return Err(folder.invalid(format!("`{key}` is set, which lowrank does not support yet")));
+        }
+    }
+    for key in ["lora_bias", "use_qalora", "use_bdlora"] {
+        if v.get(key).and_then(Value::as_bool) == Some(true) {
+            return Err(folder.invalid(format!("`{key}: true` is not supported yet")));
+        }
+    }
     let map_usize = |key: &str| -> BTreeMap<String, usize> {
         v.get(key).and_then(Value::as_object).map(|o| o.iter().filter_map(|(k, x)| x.as_u64().map(|n| (k.clone(), n as usize))).collect()).unwrap_or_default()
     };
@@ -167,6 +185,11 @@ pub fn config_from_folder(folder: &mut AdapterFolder) -> Result<LoraConfig> {
         use_dora: v.get("use_dora").and_then(Value::as_bool).unwrap_or(false),
         loraplus_lr_ratio: 1.0,
         init_lora_weights: super::init::InitLoraWeights::Flag(true),
+        bias: v.get("bias").and_then(Value::as_str).unwrap_or("none").to_string(),
+        modules_to_save: match v.get("modules_to_save") {
+            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            _ => vec![],
+        },
     })
 }
 
@@ -195,7 +218,7 @@ pub fn lora_from_folder(folder: &mut AdapterFolder, layout: &ModelLayout, _devic
         } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
             (m.to_string(), false)
         } else {
-            folder.warnings.push(format!("{}: tensor `{key}` ignored (not a LoRA factor)", st_path.display()));
+            // A bias or a saved module (see extra_params), read below.
             continue;
         };
         if !shapes.contains_key(module.as_str()) {
@@ -239,7 +262,16 @@ pub fn lora_from_folder(folder: &mut AdapterFolder, layout: &ModelLayout, _devic
     if modules.is_empty() {
         return Err(PeftError::InvalidConfig { path: st_path, reason: "no LoRA tensors found".into() });
     }
-    Ok(LoraAdapters { config, modules, dropout_rng: DropoutRng::new(0), mutated: BTreeMap::new() })
+    let extra = super::extra_params::ExtraParams::from_tensors(&folder.tensors, layout, &st_path)?;
+    // Every trained bias and module must be one the config asks for.
+    if config.bias == "none" && !extra.biases.is_empty() {
+        let p = extra.biases.keys().next().cloned().unwrap_or_default();
+        return Err(folder.invalid(format!("the folder holds the bias of `{p}`, but bias = \"none\"")));
+    }
+    if let Some(p) = extra.saved.keys().find(|p| !config.modules_to_save.iter().any(|n| crate::targets::suffix_match(p, n))) {
+        return Err(folder.invalid(format!("the folder holds the weight of `{p}`, which modules_to_save does not name")));
+    }
+    Ok(LoraAdapters { config, modules, dropout_rng: DropoutRng::new(0), mutated: BTreeMap::new(), extra })
 }
 
 /// A LoRA folder read as LoRA (tests and tools that need LoRA's own types).

@@ -155,7 +155,7 @@ impl LoraAdapters {
                 m.alpha *= factor;
             }
         }
-        Ok(LoraAdapters { config, modules, dropout_rng: self.dropout_rng.clone(), mutated: Default::default() })
+        Ok(LoraAdapters { config, modules, dropout_rng: self.dropout_rng.clone(), mutated: Default::default(), extra: self.extra.clone() })
     }
 
     /// Applies the configured initialisation to every module (after [`LoraAdapters::init`]):

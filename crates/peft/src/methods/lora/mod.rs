@@ -4,6 +4,7 @@
 //! the adapter contract), [`fused_op`] (the fused CPU/GPU layer), [`parts`] (q and v inside
 //! GPT-2's fused `c_attn`) and [`format`] (PEFT's folder).
 pub mod dora;
+pub mod extra_params;
 pub mod format;
 pub mod fused_op;
 pub mod init;
@@ -50,6 +51,11 @@ pub struct LoraConfig {
     pub loraplus_lr_ratio: f64,
     /// PEFT's `init_lora_weights`: true, false, "gaussian", "pissa", "olora" (see [`init`]).
     pub init_lora_weights: init::InitLoraWeights,
+    /// Biases that train beside the factors: "none", "all" (every bias of the model), "lora_only"
+    /// (those of the adapted layers); see [`extra_params`].
+    pub bias: String,
+    /// Linear layers and norms trained whole (names by PEFT's suffix rule).
+    pub modules_to_save: Vec<String>,
 }
 
 impl Default for LoraConfig {
@@ -67,6 +73,8 @@ impl Default for LoraConfig {
             use_dora: false,
             loraplus_lr_ratio: 1.0,
             init_lora_weights: init::InitLoraWeights::default(),
+            bias: "none".into(),
+            modules_to_save: vec![],
         }
     }
 }
@@ -107,6 +115,9 @@ impl LoraConfig {
             return Err(PeftError::Invalid(format!("dropout must be in [0, 1), got {}", self.dropout)));
         }
         self.init_lora_weights.kind()?;
+        if !matches!(self.bias.as_str(), "none" | "all" | "lora_only") {
+            return Err(PeftError::Invalid(format!("bias = \"{}\" (none, all, lora_only)", self.bias)));
+        }
         if !(self.loraplus_lr_ratio > 0.0 && self.loraplus_lr_ratio.is_finite()) {
             return Err(PeftError::Invalid(format!("loraplus_lr_ratio must be a positive number, got {}", self.loraplus_lr_ratio)));
         }
@@ -161,6 +172,8 @@ pub struct LoraAdapters {
     pub dropout_rng: DropoutRng,
     /// PiSSA/OLoRA: the residual base each module trains over, by path (see [`init`]).
     pub mutated: BTreeMap<String, init::MutatedBase>,
+    /// Biases and whole modules that train beside the factors.
+    pub extra: extra_params::ExtraParams,
 }
 
 impl LoraAdapters {
@@ -185,12 +198,17 @@ impl LoraAdapters {
             let magnitude = if config.use_dora { Some(Var::ones(*d_out, DType::F32, device)?) } else { None };
             modules.insert(path.clone(), LoraModule { path: path.clone(), a, b, r, alpha, scale: config.scale(r, alpha), part, magnitude });
         }
-        Ok(Self { config: config.clone(), modules, dropout_rng: DropoutRng::new(config.init_seed), mutated: BTreeMap::new() })
+        Ok(Self { config: config.clone(), modules, dropout_rng: DropoutRng::new(config.init_seed), mutated: BTreeMap::new(), extra: Default::default() })
     }
 
-    /// Trainable parameters: `Σ r·(d_in + d_out)`.
+    /// Trainable parameters: `Σ r·(d_in + d_out)` and the biases and modules that train beside.
     pub fn trainable_parameters(&self) -> usize {
-        self.modules.values().map(LoraModule::parameter_count).sum()
+        self.modules.values().map(LoraModule::parameter_count).sum::<usize>() + self.extra.named_vars(&|_| false).iter().map(|(_, v)| v.elem_count()).sum::<usize>()
+    }
+
+    /// Whether the layer at `path` has LoRA factors (itself, or parts of it: GPT-2's c_attn).
+    pub fn is_adapted(&self, path: &str) -> bool {
+        self.modules.contains_key(path) || self.modules.values().any(|m| m.part.as_ref().is_some_and(|(p, _)| p == path))
     }
 
     /// `(name, var)` for every trainable tensor, named as in PEFT's file (without the
@@ -204,6 +222,7 @@ impl LoraAdapters {
                 out.push((format!("{p}.lora_magnitude_vector"), mag.clone()));
             }
         }
+        out.extend(self.extra.named_vars(&|p| self.is_adapted(p)));
         out
     }
 
@@ -211,6 +230,9 @@ impl LoraAdapters {
     /// one adapts a part of a fused projection (GPT-2), which that decoder does not have.
     pub fn decode_branches(&self) -> Result<Option<BTreeMap<String, lowrank_models::fast_decode::LoraBranch>>> {
         let mut out = BTreeMap::new();
+        if !self.extra.is_empty() {
+            return Ok(None);
+        }
         for m in self.modules.values() {
             if m.part.is_some() || m.magnitude.is_some() {
                 return Ok(None);
@@ -406,11 +428,17 @@ impl BuildHook for LoraSite<'_> {
     fn linear(&self, info: &LinearInfo, layer: Arc<dyn LinearLayer>) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
         self.adapters.attach(info, layer, self.dropout)
     }
+    fn norm(&self, info: &lowrank_models::NormInfo, layer: Arc<dyn lowrank_models::NormLayer>) -> lowrank_models::Result<Arc<dyn lowrank_models::NormLayer>> {
+        self.adapters.extra.norm(&info.path, layer)
+    }
 }
 
 impl BuildHook for LoraAdapters {
     fn linear(&self, info: &LinearInfo, layer: Arc<dyn LinearLayer>) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
         self.attach(info, layer, self.config.dropout)
+    }
+    fn norm(&self, info: &lowrank_models::NormInfo, layer: Arc<dyn lowrank_models::NormLayer>) -> lowrank_models::Result<Arc<dyn lowrank_models::NormLayer>> {
+        self.extra.norm(&info.path, layer)
     }
 }
 
@@ -418,6 +446,8 @@ impl LoraAdapters {
     /// `layer` with the branches of the module at `info.path` (and of its parts) attached.
     fn attach(&self, info: &LinearInfo, layer: Arc<dyn LinearLayer>, dropout: f64) -> lowrank_models::Result<Arc<dyn LinearLayer>> {
         let rng = self.dropout_rng.clone();
+        // A bias that trains, or the whole layer (modules_to_save).
+        let layer = self.extra.linear(&info.path, layer)?;
         // PiSSA/OLoRA: the module trains over its residual base.
         let layer: Arc<dyn LinearLayer> = match (self.mutated.get(&info.path), layer.as_frozen()) {
             (Some(m), Some(base)) => Arc::new(lowrank_models::BaseLinear { path: base.path.clone(), weight: m.residual.clone().into(), bias: base.bias.clone() }),
@@ -459,7 +489,7 @@ impl Adapter for LoraAdapters {
         self
     }
     fn module_paths(&self) -> Vec<String> {
-        self.modules.keys().cloned().collect()
+        self.modules.keys().chain(self.extra.biases.keys()).chain(self.extra.saved.keys()).cloned().collect()
     }
     fn reseed(&self, seed: u64) {
         self.dropout_rng.reseed(seed);
@@ -473,7 +503,8 @@ impl Adapter for LoraAdapters {
         format!("{name} r={} alpha={}{} on {} modules, dropout {}", c.r, c.alpha, if c.use_rslora { " (rsLoRA)" } else { "" }, self.modules.len(), c.dropout)
     }
     fn merge_into(&self, weights: &mut Weights) -> Result<()> {
-        LoraAdapters::merge_into(&self.converted()?, weights)
+        LoraAdapters::merge_into(&self.converted()?, weights)?;
+        self.extra.merge_into(weights)
     }
     fn config_json(&self, info: &AdapterInfo) -> serde_json::Value {
         format::adapter_config_json(self, info)
@@ -518,6 +549,9 @@ impl Method for Lora {
         }
         let mut adapters = LoraAdapters::init(&cfg, &ctx.layout.linear_modules(), ctx.device)?;
         adapters.init_from_base(ctx.weights)?;
+        let adapted: Vec<String> = ctx.layout.linears.iter().map(|l| l.path.clone()).filter(|p| adapters.is_adapted(p)).collect();
+        let adapted: Vec<&str> = adapted.iter().map(String::as_str).collect();
+        adapters.extra = extra_params::ExtraParams::init(&cfg.bias, &cfg.modules_to_save, &adapted, ctx.layout, ctx.weights, ctx.device)?;
         adapters.init_dora_magnitudes(ctx.weights)?;
         Ok(Box::new(adapters))
     }
