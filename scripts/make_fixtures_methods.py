@@ -137,6 +137,14 @@ def build(family: str, method: str) -> None:
         o = forward(model, family, batch)
     golden["logits"] = o.logits.detach().clone()
     golden["loss"] = o.loss.reshape(1).detach().clone()
+    if family in ("llama", "qwen2"):
+        # Greedy text with the adapter: 8 tokens after the first 5 of the batch's first row.
+        prompt = batch["input_ids"][:1, :5]
+        with torch.no_grad():
+            model.generation_config.eos_token_id = None
+            out_ids = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+        golden["greedy.prompt"] = prompt.clone()
+        golden["greedy.output"] = out_ids[0, 5:].clone()
     model.train()
     params = {peft_key(n): p for n, p in model.named_parameters() if p.requires_grad}
     if method == "loraplus":

@@ -41,6 +41,10 @@ pub struct BenchGenerateArgs {
     /// Prompts decoded together (each its own random prompt of the same length).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Time this adapter folder (any method; merged unless --unmerged or it cannot merge)
+    /// instead of a random LoRA adapter.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// As `generate --engine`: `fast` (lowrank's CPU decoder where it applies) or `candle`.
     #[arg(long, value_enum, default_value = "fast")]
     engine: crate::common::Engine,
@@ -58,6 +62,11 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
     anyhow::ensure!(a.repeats >= 1, "--repeats must be at least 1");
     let dev = device();
     let fast = a.engine == crate::common::Engine::Fast;
+    if let Some(dir) = &a.adapter {
+        let ready = crate::common::open_for_inference(&a.model, Some(dir), !a.unmerged, candle_core::DType::F32, &a.quantize, a.engine)?;
+        let engine = if matches!(ready.model, AnyModel::LlamaDecoder(_)) { "fast" } else { "candle" };
+        return time_generation(&a, &ready.model, ready.loaded.config.vocab_size() as u64, engine, &dev);
+    }
     let mut loaded = load_model_with(&a.model, &dev, candle_core::DType::F32, fast).with_context(|| format!("loading model {}", a.model.display()))?;
     let lcfg = LoraConfig { r: a.rank, alpha: 2.0 * a.rank as f64, targets: targets_of(&a.targets), init_seed: 1, ..Default::default() };
     let adapters = LoraAdapters::init(&lcfg, &model_layout(&loaded.config)?.linear_modules(), &dev)?;
@@ -86,6 +95,11 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
             AnyModel::new(&loaded.config, &loaded.weights, &Hooks(hooks), &dev)?
         }
     };
+    time_generation(&a, &model, vocab, engine, &dev)
+}
+
+/// Times `a.repeats` greedy generations (after one warm-up) and prints the JSON line.
+fn time_generation(a: &BenchGenerateArgs, model: &AnyModel, vocab: u64, engine: &str, dev: &candle_core::Device) -> Result<()> {
     anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
     let mut rng = lowrank_models::generate::SplitMix64(3);
     let prompts: Vec<Vec<u32>> = (0..a.batch).map(|_| (0..a.prompt_tokens).map(|_| (rng.next_u64() % vocab) as u32).collect()).collect();
@@ -93,7 +107,7 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
     let mut times = Vec::new();
     for i in 0..=a.repeats {
         let t = Instant::now();
-        let out = lowrank_models::generate::generate(&model, &prompts, &params, 0)?;
+        let out = lowrank_models::generate::generate(model, &prompts, &params, 0)?;
         anyhow::ensure!(out.iter().all(|o| o.len() == a.new_tokens), "generated {} tokens", out[0].len());
         if i > 0 {
             times.push(t.elapsed().as_secs_f64());
@@ -102,7 +116,8 @@ fn run_generate(a: BenchGenerateArgs) -> Result<()> {
     times.sort_by(|x, y| x.total_cmp(y));
     let median = times[times.len() / 2];
     println!("{}", serde_json::json!({
-        "bench": "generate", "model": a.model.display().to_string(), "device": device_name(&dev), "prompt_tokens": a.prompt_tokens,
+        "bench": "generate", "model": a.model.display().to_string(), "device": device_name(dev), "prompt_tokens": a.prompt_tokens,
+        "adapter_dir": a.adapter.as_ref().map(|p| p.display().to_string()),
         "new_tokens": a.new_tokens, "batch": a.batch, "adapter": if a.unmerged { "unmerged" } else { "merged" }, "quantize": a.quantize, "engine": engine,
         "threads": candle_core::utils::get_num_threads(), "repeats": a.repeats,
         "tokens_per_s": (a.batch * a.new_tokens) as f64 / median, "seconds": median,

@@ -299,3 +299,30 @@ fn pissa_and_olora_match_peft_after_three_steps() {
         assert!(d <= 1e-4 * scale.max(1.0), "{init}: PEFT's converted folder gives logits {d} off");
     }
 }
+
+/// On the Llama cases, the PEFT-written folder gives PEFT's greedy text, and the same folder on
+/// the GGUF file of the same model (F32, Q/K rows in llama.cpp's rotary layout) gives PEFT's
+/// logits and the same text.
+#[test]
+fn peft_folders_give_peft_greedy_text_on_the_hf_folder_and_the_gguf_file() {
+    use lowrank_models::generate::{generate, SamplingParams};
+    let gguf = fixture_dir("tiny-llama").join("model-f32.gguf");
+    for (family, method) in CASES.iter().filter(|(f, _)| *f == "llama") {
+        let c = case(family, method);
+        let prompt: Vec<u32> = c.golden["greedy.prompt"].to_vec2::<i64>().unwrap()[0].iter().map(|&x| x as u32).collect();
+        let want: Vec<u32> = c.golden["greedy.output"].to_vec1::<i64>().unwrap().iter().map(|&x| x as u32).collect();
+        let p = SamplingParams { max_new_tokens: want.len(), ignore_stop: true, ..Default::default() };
+        let hf = AnyModel::new(&c.loaded.config, &c.loaded.weights, c.adapter.hook(), &Device::Cpu).unwrap();
+        assert_eq!(generate(&hf, &[prompt.clone()], &p, 0).unwrap()[0], want, "llama-{method} on the HF folder");
+        let g = load_model(&gguf, &Device::Cpu, DType::F32).unwrap();
+        let layout = model_layout(&g.config).unwrap();
+        let dir = fixture_dir("methods").join(format!("llama-{method}")).join("adapter");
+        let adapter = load_adapter(&dir, &layout, &Device::Cpu).unwrap().adapter;
+        let on_gguf = AnyModel::new(&g.config, &g.weights, adapter.hook(), &Device::Cpu).unwrap();
+        let out = logits(&on_gguf, &c.batch);
+        let (d, scale) = max_diff_masked(&out, &c.golden["logits"], &rows_i64(&c.batch["attention_mask"]));
+        println!("llama-{method} on the GGUF file: logits max |diff| = {d:e}");
+        assert!(d <= 1e-4 * scale.max(1.0), "llama-{method} on the GGUF file: {d}");
+        assert_eq!(generate(&on_gguf, &[prompt], &p, 0).unwrap()[0], want, "llama-{method} on the GGUF file");
+    }
+}
