@@ -1,8 +1,9 @@
 //! `lowrank merge`: `W ← W + s·B·A` and a Hugging Face folder (config.json, model.safetensors,
-//! tokenizer.json) that `transformers` loads. Written to a temporary folder, then renamed.
+//! tokenizer.json) that `transformers` loads. Written to a temporary folder, then renamed; refused
+//! (nothing written) when a merged weight is NaN or infinite.
 use crate::common::{device, parse_dtype};
 use anyhow::{Context, Result};
-use lowrank_models::weights::{write_atomic, write_safetensors};
+use lowrank_models::weights::{write_atomic, write_dir_atomic, write_safetensors};
 use lowrank_models::{load_model, model_layout, ModelSource};
 use lowrank_peft::load_adapter;
 use std::path::PathBuf;
@@ -37,9 +38,6 @@ pub fn run(a: MergeArgs) -> Result<()> {
     let adapter = loaded_adapter.adapter;
     adapter.merge_into(&mut loaded.weights).with_context(|| format!("merging {}", a.adapter.display()))?;
     let out_dtype = parse_dtype(&a.dtype)?;
-    let name = a.output.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "merged".into());
-    let tmp = a.output.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut tensors = std::collections::BTreeMap::new();
     // In the checkpoint's own layout (GPT-2's Conv1D weights transposed back).
     for (k, t) in lowrank_models::loader::checkpoint_tensors(&loaded.config, &loaded.weights)? {
@@ -49,15 +47,17 @@ pub fn run(a: MergeArgs) -> Result<()> {
         }
         tensors.insert(k, t.to_dtype(out_dtype)?);
     }
+    // As PEFT's safe_merge: a merged model holding NaN or infinity is never written.
+    lowrank_models::finite::ensure_finite("the merged model (nothing written)", tensors.iter().map(|(k, t)| (k.as_str(), t)))?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    write_safetensors(&tmp.join("model.safetensors"), &tensors, Some(meta))?;
     let mut cfg = loaded.config.to_hf_json();
     cfg["torch_dtype"] = serde_json::Value::String(match a.dtype.as_str() { "bf16" => "bfloat16", "f16" => "float16", _ => "float32" }.into());
-    write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-    loaded.tokenizer.save(&tmp.join("tokenizer.json"))?;
     let tok_cfg = match &loaded.source {
-        ModelSource::HfFolder(dir) if dir.join("tokenizer_config.json").exists() => std::fs::read_to_string(dir.join("tokenizer_config.json"))?,
+        ModelSource::HfFolder(dir) if dir.join("tokenizer_config.json").exists() => {
+            let p = dir.join("tokenizer_config.json");
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?
+        }
         _ => {
             let t = &loaded.tokenizer;
             let name_of = |id: Option<u32>| id.and_then(|i| t.inner.id_to_token(i));
@@ -71,11 +71,15 @@ pub fn run(a: MergeArgs) -> Result<()> {
             }))?
         }
     };
-    write_atomic(&tmp.join("tokenizer_config.json"), tok_cfg.as_bytes())?;
-    if a.output.exists() {
-        std::fs::remove_dir_all(&a.output).with_context(|| format!("removing {}", a.output.display()))?;
-    }
-    std::fs::rename(&tmp, &a.output).with_context(|| format!("moving the merged model to {}", a.output.display()))?;
+    // The folder is written whole (a temporary folder, then a rename): what was at the output
+    // path is replaced only once the merged model is complete.
+    write_dir_atomic(&a.output, |tmp| -> Result<()> {
+        write_safetensors(&tmp.join("model.safetensors"), &tensors, Some(meta))?;
+        write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+        loaded.tokenizer.save(&tmp.join("tokenizer.json"))?;
+        write_atomic(&tmp.join("tokenizer_config.json"), tok_cfg.as_bytes())?;
+        Ok(())
+    })?;
     eprintln!("merged {} into {}", adapter.describe(), a.output.display());
     Ok(())
 }

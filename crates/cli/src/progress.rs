@@ -46,8 +46,9 @@ impl Observer for Bar {
         // Warnings carry the tool's name, as every other message it prints to the user.
         let msg = if msg.starts_with("warning:") { format!("lowrank: {msg}") } else { msg.to_string() };
         match &self.bar {
-            Some(b) => b.println(msg),
-            None => eprintln!("{msg}"),
+            // A hidden bar (not a terminal) would drop the line.
+            Some(b) if !b.is_hidden() => b.println(msg),
+            _ => eprintln!("{msg}"),
         }
     }
 

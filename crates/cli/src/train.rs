@@ -107,8 +107,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let summary = p.train(&mut bar)?;
     crate::plot::loss_curve_svg(&p.run_dir.join("metrics.jsonl"), &p.run_dir.join("loss.svg"))?;
+    let warned = match summary.warnings.len() {
+        0 => String::new(),
+        1 => " (1 warning, above)".to_string(),
+        n => format!(" ({n} warnings, above)"),
+    };
     eprintln!(
-        "done: {} steps in {:.1} s ({:.0} tokens/s), final loss {:.4}{}; adapter saved to {}",
+        "done{warned}: {} steps in {:.1} s ({:.0} tokens/s), final loss {:.4}{}; adapter saved to {}",
         summary.steps,
         summary.seconds,
         summary.tokens_per_s,

@@ -5,6 +5,10 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    WriteIo { path: PathBuf, source: std::io::Error },
+    #[error("{what}: `{name}` holds {count} NaN or infinite value(s)")]
+    NonFinite { what: String, name: String, count: usize },
     #[error("{path}: invalid JSON: {source}")]
     Json { path: PathBuf, source: serde_json::Error },
     #[error("{path}: missing required key `{key}`")]
@@ -32,5 +36,10 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 impl ModelError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ModelError::Io { path: path.into(), source }
+    }
+
+    /// A failed write (or create, rename, remove) of `path`.
+    pub fn write_io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::WriteIo { path: path.into(), source }
     }
 }

@@ -130,11 +130,19 @@ impl GgufFile {
                         }
                         None => matrix,
                     };
+                    let bad = matrix.nonfinite_blocks();
+                    if bad > 0 {
+                        return Err(ModelError::NonFinite { what: format!("{} (damaged weights)", self.path.display()), name: name.clone(), count: bad * crate::packed_matrix::BLOCK_LEN });
+                    }
                     packed.insert(hf, Arc::new(matrix));
                     continue;
                 }
             }
             let mut t = q.dequantize(&Device::Cpu).map_err(|e| gguf_err(&self.path, format!("tensor `{name}`: {e}")))?;
+            let bad = crate::finite::count_nonfinite(&t)?;
+            if bad > 0 {
+                return Err(ModelError::NonFinite { what: format!("{} (damaged weights)", self.path.display()), name: name.clone(), count: bad });
+            }
             if let Some(heads) = rotary_heads {
                 t = unpermute_rotary(&t, heads)?;
             }

@@ -9,6 +9,7 @@ pub mod causal_loss;
 pub mod config;
 pub mod error;
 pub mod fast_decode;
+pub mod finite;
 pub mod frozen_weight;
 pub mod generate;
 pub mod gguf;

@@ -125,6 +125,10 @@ pub fn read_safetensors(path: &Path, device: &Device, float_dtype: Option<DType>
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let dtype = st_dtype(path, &name, view.dtype())?;
+        let bad = crate::finite::count_nonfinite_bytes(dtype, view.data());
+        if bad > 0 {
+            return Err(ModelError::NonFinite { what: format!("{} (damaged weights)", path.display()), name, count: bad });
+        }
         let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
             .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: format!("tensor `{name}` {:?}: {e}", view.shape()) })?;
         let t = match float_dtype {
@@ -182,11 +186,97 @@ fn tensor_bytes(t: &Tensor) -> Result<(safetensors::Dtype, Vec<u8>)> {
 /// half-written file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::write_io(dir, e))?;
     let file_name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
     let tmp: PathBuf = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ModelError::write_io(path, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ModelError::write_io(path, e)
+    })
+}
+
+/// Writes a whole folder `dir` as a unit: `fill` writes into a temporary sibling
+/// (`.NAME.tmp-PID`), which is then renamed into place. What was at `dir` before (a folder or a
+/// file) is replaced only once the new folder is complete; on any failure the temporary is
+/// removed and `dir` is left as it was.
+pub fn write_dir_atomic<E: From<ModelError>>(dir: &Path, fill: impl FnOnce(&Path) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| ModelError::write_io(parent, e))?;
+    let name = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    let pid = std::process::id();
+    let tmp = parent.join(format!(".{name}.tmp-{pid}"));
+    remove_any(&tmp);
+    if let Err(e) = std::fs::create_dir_all(&tmp) {
+        remove_any(&tmp);
+        return Err(ModelError::write_io(dir, e).into());
+    }
+    if let Err(e) = fill(&tmp) {
+        remove_any(&tmp);
+        return Err(e);
+    }
+    let old = parent.join(format!(".{name}.old-{pid}"));
+    let had_old = std::fs::symlink_metadata(dir).is_ok();
+    if had_old {
+        remove_any(&old);
+        if let Err(e) = std::fs::rename(dir, &old) {
+            remove_any(&tmp);
+            return Err(ModelError::write_io(dir, e).into());
+        }
+    }
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        if had_old {
+            let _ = std::fs::rename(&old, dir);
+        }
+        remove_any(&tmp);
+        return Err(ModelError::write_io(dir, e).into());
+    }
+    if had_old {
+        remove_any(&old);
+    }
+    Ok(())
+}
+
+/// Removes a file or a folder tree, ignoring errors (cleanup of temporaries).
+pub fn remove_any(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Removes the temporaries (`.NAME.tmp-PID`, `.NAME.old-PID`) that [`write_atomic`] and
+/// [`write_dir_atomic`] left in `dir` when a process was killed mid-write: those of processes
+/// no longer running (and this process's own). Returns what was removed.
+pub fn remove_stale_temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return removed };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with('.') {
+            continue;
+        }
+        let pid = name.rsplit_once(".tmp-").or_else(|| name.rsplit_once(".old-")).and_then(|(_, p)| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if pid == std::process::id() || !process_alive(pid) {
+            remove_any(&entry.path());
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
+/// Whether process `pid` is running (Linux: `/proc/PID`; elsewhere assumed gone).
+fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Loads `model.safetensors`, or every shard listed in `model.safetensors.index.json`, of a

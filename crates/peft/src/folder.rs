@@ -117,10 +117,21 @@ pub fn load_adapter(dir: &Path, layout: &ModelLayout, device: &Device) -> Result
 
 /// Writes `adapter` as PEFT's adapter folder.
 pub fn save_adapter(dir: &Path, adapter: &dyn Adapter, info: &crate::adapter::AdapterInfo) -> Result<()> {
-    adapter.save(dir, info)
+    ensure_adapter_finite(adapter, dir)?;
+    lowrank_models::weights::write_dir_atomic(dir, |tmp| adapter.save(tmp, info))
+}
+
+/// Refuses an adapter holding NaN or infinity, naming the tensor: such an adapter is never
+/// written.
+pub fn ensure_adapter_finite(adapter: &dyn Adapter, dir: &Path) -> Result<()> {
+    let vars = adapter.named_vars();
+    let named: Vec<(&str, &Tensor)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_tensor())).collect();
+    lowrank_models::finite::ensure_finite(&format!("not writing {}: the adapter", dir.display()), named)?;
+    Ok(())
 }
 
 /// Writes the form a checkpoint keeps (see [`Adapter::save_native`]).
 pub fn save_adapter_native(dir: &Path, adapter: &dyn Adapter, info: &crate::adapter::AdapterInfo) -> Result<()> {
-    adapter.save_native(dir, info)
+    ensure_adapter_finite(adapter, dir)?;
+    lowrank_models::weights::write_dir_atomic(dir, |tmp| adapter.save_native(tmp, info))
 }

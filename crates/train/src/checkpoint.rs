@@ -3,7 +3,7 @@
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use candle_core::{DType, Device};
-use lowrank_models::weights::{read_safetensors, write_atomic, write_safetensors};
+use lowrank_models::weights::{read_safetensors, write_atomic, write_dir_atomic, write_safetensors};
 use lowrank_peft::Adapter;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -21,33 +21,34 @@ pub struct TrainerState {
     pub micro_batches: usize,
     pub epoch: usize,
     pub last_loss: f64,
+    /// AdamW updates made (fewer than `step` when steps were skipped); absent in older
+    /// checkpoints, where it equals `step`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer_steps: Option<usize>,
 }
 
 pub fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
     run_dir.join("checkpoints").join(format!("step-{step:06}"))
 }
 
-/// Writes a checkpoint of `step` under `run_dir/checkpoints/`.
+/// Writes a checkpoint of `step` under `run_dir/checkpoints/`, as a unit (a temporary folder
+/// renamed into place): the adapter's trainable tensors, the AdamW moments and the state.
 pub fn save_checkpoint(run_dir: &Path, adapter: &dyn Adapter, opt: &AdamW, state: &TrainerState, info: &lowrank_peft::AdapterInfo) -> Result<PathBuf> {
     let final_dir = checkpoint_dir(run_dir, state.step);
-    let tmp = final_dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    }
-    // The native form: exactly the trainable tensors (GPT-2's q/v parts in c_attn too).
-    lowrank_peft::save_adapter_native(&tmp, adapter, info)?;
-    let mut moments = BTreeMap::new();
-    for (i, (name, _)) in opt.vars.iter().enumerate() {
-        moments.insert(format!("m.{name}"), opt.m[i].clone());
-        moments.insert(format!("v.{name}"), opt.v[i].clone());
-    }
-    write_safetensors(&tmp.join("optimizer.safetensors"), &moments, None)?;
-    let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+    lowrank_peft::folder::ensure_adapter_finite(adapter, &final_dir)?;
+    write_dir_atomic(&final_dir, |tmp| -> Result<()> {
+        // The native form: exactly the trainable tensors (GPT-2's q/v parts in c_attn too).
+        adapter.save_native(tmp, info)?;
+        let mut moments = BTreeMap::new();
+        for (i, (name, _)) in opt.vars.iter().enumerate() {
+            moments.insert(format!("m.{name}"), opt.m[i].clone());
+            moments.insert(format!("v.{name}"), opt.v[i].clone());
+        }
+        write_safetensors(&tmp.join("optimizer.safetensors"), &moments, None)?;
+        let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
+        Ok(())
+    })?;
     Ok(final_dir)
 }
 
@@ -60,7 +61,7 @@ pub fn find_checkpoint(dir: &Path) -> Result<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(&ck)
         .map_err(|e| TrainError::io(&ck, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("trainer_state.json").exists() && p.extension().is_none())
+        .filter(|p| p.join("trainer_state.json").exists() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         .collect();
     found.sort();
     found.pop().ok_or_else(|| TrainError::Checkpoint { path: ck, reason: "no complete checkpoint found".into() })
@@ -89,6 +90,6 @@ pub fn load_checkpoint(dir: &Path, adapter: &dyn Adapter, opt: &mut AdamW) -> Re
             *slot = t.to_device(var.device())?;
         }
     }
-    opt.t = state.step;
+    opt.t = state.optimizer_steps.unwrap_or(state.step);
     Ok(state)
 }

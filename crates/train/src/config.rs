@@ -100,6 +100,9 @@ pub struct TrainSection {
     /// Keep only each layer's input in the forward and recompute layers in the backward: less
     /// memory, about a third more time (Llama family).
     pub activation_checkpointing: bool,
+    /// A NaN or infinite loss, gradient or parameter: `error` stops the run naming the step and
+    /// the tensor; `skip` skips that step with a warning.
+    pub on_nonfinite: crate::guard::OnNonFinite,
 }
 
 impl Default for TrainSection {
@@ -123,6 +126,7 @@ impl Default for TrainSection {
             save_every: 0,
             threads: 0,
             activation_checkpointing: false,
+            on_nonfinite: crate::guard::OnNonFinite::Error,
         }
     }
 }

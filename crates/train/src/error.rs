@@ -15,8 +15,10 @@ pub enum TrainError {
     MissingColumn { path: PathBuf, column: String, available: String },
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
-    #[error("training diverged at step {step}: loss is {loss}")]
-    Diverged { step: usize, loss: f64 },
+    #[error("training stopped at step {step}: {what}")]
+    NonFinite { step: usize, what: String },
+    #[error("cannot write {path}: {source}")]
+    WriteIo { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -32,5 +34,10 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 impl TrainError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         TrainError::Io { path: path.into(), source }
+    }
+
+    /// A failed write (or create, rename, remove) of `path`.
+    pub fn write_io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::WriteIo { path: path.into(), source }
     }
 }

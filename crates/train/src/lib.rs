@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod guard;
 pub mod optim;
 pub mod run;
 pub mod trainer;

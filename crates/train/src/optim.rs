@@ -44,6 +44,24 @@ impl AdamW {
         Ok(self)
     }
 
+    /// The parameters' values and the optimizer state, to go back to with [`AdamW::restore`]
+    /// (a skipped step).
+    pub fn snapshot(&self) -> Result<AdamWSnapshot> {
+        let values = self.vars.iter().map(|(_, v)| v.as_tensor().detach().copy()).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(AdamWSnapshot { values, m: self.m.clone(), v: self.v.clone(), t: self.t })
+    }
+
+    /// Puts back what [`AdamW::snapshot`] took.
+    pub fn restore(&mut self, s: AdamWSnapshot) -> Result<()> {
+        for ((_, var), value) in self.vars.iter().zip(&s.values) {
+            var.set(value)?;
+        }
+        self.m = s.m;
+        self.v = s.v;
+        self.t = s.t;
+        Ok(())
+    }
+
     /// One update with gradients `grads[i]` for `vars[i]` (None: no gradient, skipped) at `lr`:
     /// `p ← p·(1 − lr·wd) − lr · m̂ / (sqrt(v̂) + eps)`.
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
@@ -67,6 +85,14 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+/// What [`AdamW::snapshot`] keeps.
+pub struct AdamWSnapshot {
+    values: Vec<Tensor>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    t: usize,
 }
 
 /// Gradients of `vars` from a backward pass (None where a variable got no gradient).

@@ -154,6 +154,7 @@ impl Prepared {
             pad_id: self.loaded.tokenizer.pad_id,
             run_dir: Some(self.run_dir.clone()),
             adapter_info: self.adapter_info.clone(),
+            vocab_size: self.loaded.config.vocab_size(),
         };
         let mut opt = trainer.optimizer()?;
         let start = match &self.resume {

@@ -5,6 +5,7 @@ use crate::checkpoint::{save_checkpoint, TrainerState};
 use crate::config::TrainSection;
 use crate::data::{collate, epoch_batches, Batch, Example};
 use crate::error::{Result, TrainError};
+use crate::guard::{self, CollapseWatch, OnNonFinite};
 use crate::optim::{accumulate, clip_grad_norm, learning_rate, AdamW, AdamWParams};
 use candle_core::{Device, Tensor};
 use lowrank_models::CausalLm;
@@ -29,6 +30,9 @@ pub struct StepLog {
     pub step_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f64>,
+    /// The step's update was not applied (a non-finite value, `train.on_nonfinite = "skip"`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// Receives progress (the CLI draws a bar; tests collect losses).
@@ -52,6 +56,9 @@ pub struct TrainSummary {
     pub seconds: f64,
     pub tokens_per_s: f64,
     pub losses: Vec<f64>,
+    /// Warnings given during the run (skipped steps, a collapse).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Everything the loop works on.
@@ -66,6 +73,8 @@ pub struct Trainer<'a> {
     pub run_dir: Option<PathBuf>,
     /// What the checkpoints' adapter_config.json records (base model, task type, fan_in_fan_out).
     pub adapter_info: lowrank_peft::AdapterInfo,
+    /// The model's vocabulary (the loss of a uniform prediction is `ln(vocab_size)`).
+    pub vocab_size: usize,
 }
 
 fn batch_tensors(b: &Batch, dev: &Device) -> Result<(Tensor, Tensor)> {
@@ -146,6 +155,9 @@ impl Trainer<'_> {
         let mut last_loss = start.as_ref().map(|s| s.last_loss).unwrap_or(f64::NAN);
         let mut last_val = None;
         let mut tokens_total = 0usize;
+        let mut collapse = CollapseWatch::new(self.vocab_size);
+        let mut skipped_in_a_row = 0usize;
+        let mut warnings = Vec::new();
         for step in first..total {
             let ts = Instant::now();
             let lr = learning_rate(c.lr, step, total, c.warmup_steps, c.schedule);
@@ -163,18 +175,60 @@ impl Trainer<'_> {
                 accumulate(&mut grads, g)?;
                 tokens += b.tokens;
             }
-            if !loss_sum.is_finite() {
-                return Err(TrainError::Diverged { step: step + 1, loss: loss_sum });
+            let done = step + 1;
+            // Nothing non-finite reaches the parameters: check the loss and the gradients, then
+            // the parameters after the update (restored when the step is skipped).
+            let mut fault = guard::check_loss(done, loss_sum);
+            if fault.is_none() {
+                fault = guard::check_grads(done, &vars, &grads)?;
             }
-            let max_norm = if c.max_grad_norm > 0.0 { Some(c.max_grad_norm) } else { None };
-            let grad_norm = clip_grad_norm(&mut grads, max_norm)?;
-            opt.step(&grads, lr)?;
-            last_loss = loss_sum;
+            let mut grad_norm = f64::NAN;
+            if fault.is_none() {
+                let max_norm = if c.max_grad_norm > 0.0 { Some(c.max_grad_norm) } else { None };
+                grad_norm = clip_grad_norm(&mut grads, max_norm)?;
+                fault = guard::check_grad_norm(done, grad_norm);
+            }
+            if fault.is_none() {
+                let before = if c.on_nonfinite == OnNonFinite::Skip { Some(opt.snapshot()?) } else { None };
+                opt.step(&grads, lr)?;
+                fault = guard::check_params(done, &vars)?;
+                if let (Some(_), Some(before)) = (&fault, before) {
+                    opt.restore(before)?;
+                }
+            }
+            let skipped = fault.is_some();
+            match fault {
+                Some(f) if c.on_nonfinite == OnNonFinite::Error => return Err(f.error()),
+                Some(f) => {
+                    skipped_in_a_row += 1;
+                    let msg = format!("warning: step {done} skipped: {}", f.what);
+                    obs.note(&msg);
+                    warnings.push(msg);
+                    if skipped_in_a_row >= guard::MAX_SKIPPED_IN_A_ROW {
+                        return Err(TrainError::NonFinite { step: done, what: format!("{} ({skipped_in_a_row} steps in a row skipped; train.on_nonfinite = \"skip\" gives up after {})", f.what, guard::MAX_SKIPPED_IN_A_ROW) });
+                    }
+                }
+                None => {
+                    skipped_in_a_row = 0;
+                    last_loss = loss_sum;
+                    if let Some(w) = collapse.observe(done, loss_sum, grad_norm) {
+                        obs.note(&w);
+                        warnings.push(w);
+                    }
+                }
+            }
             losses.push(loss_sum);
             tokens_total += tokens;
-            let done = step + 1;
             let micro_done = done * c.grad_accum;
-            let state = TrainerState { step: done, total_steps: total, seed: c.seed, micro_batches: micro_done, epoch: micro_done / self.batches_per_epoch(), last_loss };
+            let state = TrainerState {
+                step: done,
+                total_steps: total,
+                seed: c.seed,
+                micro_batches: micro_done,
+                epoch: micro_done / self.batches_per_epoch(),
+                last_loss,
+                optimizer_steps: Some(opt.t),
+            };
             let eval_now = (c.eval_every > 0 && done % c.eval_every == 0) || done == total;
             let val_loss = if eval_now { self.validation_loss()? } else { None };
             if val_loss.is_some() {
@@ -192,6 +246,7 @@ impl Trainer<'_> {
                 tokens_per_s: tokens as f64 / step_s.max(1e-9),
                 step_ms: step_s * 1000.0,
                 val_loss,
+                skipped,
             };
             if let Some(m) = metrics.as_mut() {
                 let line = serde_json::to_string(&log).map_err(|e| TrainError::Invalid(e.to_string()))?;
@@ -208,7 +263,7 @@ impl Trainer<'_> {
         }
         obs.finish();
         let seconds = t0.elapsed().as_secs_f64();
-        Ok(TrainSummary { steps: total, final_loss: last_loss, val_loss: last_val, seconds, tokens_per_s: tokens_total as f64 / seconds.max(1e-9), losses })
+        Ok(TrainSummary { steps: total, final_loss: last_loss, val_loss: last_val, seconds, tokens_per_s: tokens_total as f64 / seconds.max(1e-9), losses, warnings })
     }
 }
 

@@ -74,11 +74,17 @@ __device__ void masked_softmax_fwd(const T* x, T* y, const unsigned char* keep, 
     T* yr = y + row * tk;
     const unsigned char* kb = keep + (long long)b * tk;
     float m = NEG_INF;
+    float visible = 0.0f;
     for (int k = threadIdx.x; k < tk; k += blockDim.x)
-        if ((!causal || k <= q + offset) && kb[k]) m = fmaxf(m, ld(xr, k) * scale);
+        if ((!causal || k <= q + offset) && kb[k]) { m = fmaxf(m, ld(xr, k) * scale); visible += 1.0f; }
     m = block_max(m, sh);
-    if (m == NEG_INF) {
+    visible = block_sum(visible, sh);
+    if (visible == 0.0f) {
         for (int k = threadIdx.x; k < tk; k += blockDim.x) st(yr, k, 1.0f / tk);
+        return;
+    }
+    if (!isfinite(m)) {  // NaN or infinite scores: a NaN row, as softmax over them is
+        for (int k = threadIdx.x; k < tk; k += blockDim.x) st(yr, k, nanf(""));
         return;
     }
     float s = 0.0f;

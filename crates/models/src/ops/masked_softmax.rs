@@ -64,10 +64,15 @@ pub(super) fn masked_softmax_row(mask: &AttentionMask, scale: f32, b: usize, q: 
     if mask.key_keep.is_none() && scale > 0.0 {
         let visible = if mask.causal { (q + mask.offset + 1).min(tk) } else { tk };
         let max = fast_exp::max_of(&xr[..visible]) * scale;
-        if visible == 0 || !max.is_finite() {
-            // No visible key (or non-finite scores): uniform, as the composition with an
-            // all-minimum additive mask gives.
+        if visible == 0 {
+            // No visible key: uniform, as the composition with an all-minimum additive mask gives.
             yr.iter_mut().for_each(|v| *v = 1.0 / tk as f32);
+            return;
+        }
+        if !max.is_finite() {
+            // NaN or infinite scores: the row is NaN (as softmax over them is), never a
+            // made-up distribution that would hide the fault from the loss.
+            yr.iter_mut().for_each(|v| *v = f32::NAN);
             return;
         }
         let (seen, hidden) = yr.split_at_mut(visible);
@@ -77,14 +82,21 @@ pub(super) fn masked_softmax_row(mask: &AttentionMask, scale: f32, b: usize, q: 
         return;
     }
     let mut max = f32::NEG_INFINITY;
+    let mut visible = 0usize;
     for k in 0..tk {
         if mask.allowed(b, q, k) {
             max = max.max(xr[k] * scale);
+            visible += 1;
         }
     }
-    if max == f32::NEG_INFINITY {
+    if visible == 0 {
         // No visible key: uniform, as an all-minimum additive mask gives.
         yr.iter_mut().for_each(|v| *v = 1.0 / tk as f32);
+        return;
+    }
+    if !max.is_finite() {
+        // NaN or infinite scores propagate (see above).
+        yr.iter_mut().for_each(|v| *v = f32::NAN);
         return;
     }
     let mut sum = 0f32;
@@ -173,4 +185,37 @@ pub fn masked_softmax(scores: &Tensor, mask: &AttentionMask, scale: f64) -> cand
     let add = mask.additive(b, tk, scores.device())?.to_dtype(scores.dtype())?;
     let s = (scores * scale)?.reshape((b, x, g, mask.t_q, tk))?.broadcast_add(&add)?;
     super::norms::softmax_last(&s)?.reshape((b, x, r, tk))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask(causal: bool, padded: bool) -> AttentionMask {
+        AttentionMask { t_q: 3, offset: 0, key_keep: padded.then(|| Arc::new(vec![vec![1, 1, 0]])), causal }
+    }
+
+    #[test]
+    fn nan_scores_give_a_nan_row_never_a_uniform_one() {
+        for padded in [false, true] {
+            let m = mask(true, padded);
+            let mut y = [0f32; 3];
+            // An all-NaN visible row (the fault a diverged run produces) stays NaN.
+            masked_softmax_row(&m, 0.5, 0, 1, &[f32::NAN, f32::NAN, 0.0], &mut y);
+            assert!(y.iter().all(|v| v.is_nan()), "padded {padded}: {y:?}");
+            // One NaN among finite scores poisons the row too.
+            masked_softmax_row(&m, 0.5, 0, 1, &[1.0, f32::NAN, 0.0], &mut y);
+            assert!(y.iter().any(|v| v.is_nan()), "padded {padded}: {y:?}");
+            masked_softmax_row(&m, 0.5, 0, 1, &[f32::INFINITY, 1.0, 0.0], &mut y);
+            assert!(y.iter().any(|v| v.is_nan()), "padded {padded}: {y:?}");
+            // Finite scores: a distribution over the visible keys.
+            masked_softmax_row(&m, 0.5, 0, 1, &[1.0, 1.0, 5.0], &mut y);
+            assert!((y[0] - 0.5).abs() < 1e-6 && (y[1] - 0.5).abs() < 1e-6 && y[2] == 0.0, "{y:?}");
+        }
+        // No visible key at all (every key padded): uniform, as the additive-mask composition.
+        let m = AttentionMask { t_q: 1, offset: 0, key_keep: Some(Arc::new(vec![vec![0, 0]])), causal: false };
+        let mut y = [0f32; 2];
+        masked_softmax_row(&m, 1.0, 0, 0, &[1.0, 2.0], &mut y);
+        assert_eq!(y, [0.5, 0.5]);
+    }
 }
