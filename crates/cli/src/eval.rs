@@ -66,6 +66,10 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     anyhow::ensure!(a.beam >= 1, "--beam must be at least 1");
+    anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
+    anyhow::ensure!(a.max_new_tokens >= 1, "--max-new-tokens must be at least 1");
+    anyhow::ensure!(a.length_penalty.is_finite(), "--length-penalty must be a finite number, got {}", a.length_penalty);
+    lowrank_train::data::check_template(&a.template, "prompt", "--template").map_err(anyhow::Error::msg)?;
     let format = if a.data_target.is_some() { DataFormat::Parallel } else { DataFormat::Auto };
     let spec = ReadSpec { format, prompt_column: a.prompt_column.clone(), completion_column: a.ref_column.clone(), target_file: a.data_target.clone() };
     let pairs = read_pairs(&a.data, &spec)?;
@@ -82,6 +86,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     if a.limit > 0 {
         groups.truncate(a.limit);
+    }
+    // References one line each; empty ones dropped (an empty line would end the group in
+    // references.txt).
+    let refs: Vec<Vec<String>> = groups.iter().map(|(_, r)| r.iter().map(|x| lowrank_metrics::text::one_line(x).trim().to_string()).filter(|x| !x.is_empty()).collect()).collect();
+    if let Some((prompt, _)) = groups.iter().zip(&refs).find(|(_, r)| r.is_empty()).map(|(g, _)| g) {
+        anyhow::bail!("{}: prompt {prompt:?} has no non-empty reference in column `{}`", a.data.display(), a.ref_column);
     }
     let ready = open_for_inference(&a.model, a.adapter.as_deref(), true, compute_dtype(&a.dtype)?, &a.quantize, a.engine)?;
     let tok = &ready.loaded.tokenizer;
@@ -101,12 +111,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let d = crate::common::Decoding { num_beams: a.beam, max_new_tokens, length_penalty: a.length_penalty, no_repeat_ngram_size: a.no_repeat_ngram_size, early_stopping: a.early_stopping };
         let outs = crate::common::decode(&ready.model, tok, &ids, &d)?;
         for o in outs {
-            hyps.push(tok.decode(&o)?.trim().replace('\n', " "));
+            // One line each, whatever the model generated (control characters included), so that
+            // hypotheses.txt lines up with the references and can be scored again.
+            hyps.push(lowrank_metrics::text::one_line(tok.decode(&o)?.trim()).trim().to_string());
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let refs: Vec<Vec<String>> = groups.iter().map(|(_, r)| r.clone()).collect();
     std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
     write_atomic(&a.output.join("hypotheses.txt"), (hyps.join("\n") + "\n").as_bytes())?;
     let refs_text: Vec<String> = refs.iter().map(|g| g.join("\n")).collect();

@@ -46,11 +46,13 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(t) = a.temperature {
-        anyhow::ensure!(t >= 0.0, "--temperature must be >= 0, got {t}");
+        anyhow::ensure!(t >= 0.0 && t.is_finite(), "--temperature must be a finite number >= 0 (0: greedy), got {t}");
     }
     if let Some(p) = a.top_p {
         anyhow::ensure!(p > 0.0 && p <= 1.0, "--top-p must be in (0, 1], got {p}");
     }
+    anyhow::ensure!(a.top_k != Some(0), "--top-k must be at least 1");
+    anyhow::ensure!(a.max_new_tokens >= 1, "--max-new-tokens must be at least 1");
     let ready = open_for_inference(&a.model, a.adapter.as_deref(), !a.no_merge, compute_dtype(&a.dtype)?, &a.quantize, a.engine)?;
     let tok = &ready.loaded.tokenizer;
     let text = if a.chat { tok.chat_prompt(&a.prompt) } else { a.prompt.clone() };

@@ -54,8 +54,16 @@ fn main() {
     common::tune_allocator();
     lowrank_models::thread_pools::tune_candle_pool();
     let cli = Cli::parse();
-    if let Some(n) = cli.threads.or_else(|| std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok())) {
-        let _ = rayon_init(n);
+    let requested = match cli.threads {
+        Some(n) => Some((n, "--threads")),
+        None => std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.trim().parse().ok()).map(|n| (n, "RAYON_NUM_THREADS")),
+    };
+    if let Some((n, what)) = requested {
+        let (n, warning) = lowrank_models::thread_pools::capped_threads(n, what);
+        if let Some(w) = warning {
+            eprintln!("lowrank: warning: {w}");
+        }
+        rayon_init(n);
     }
     let result = common::select_device(&cli.device, cli.tf32).and_then(|()| match cli.command {
         Command::Train(a) => train::run(a),
@@ -67,9 +75,9 @@ fn main() {
         Command::Bench(b) => bench::run(b),
     });
     if let Err(e) = result {
-        let mut msg = format!("{e}");
+        let mut msg = without_backtrace(&format!("{e}"));
         for cause in e.chain().skip(1) {
-            let c = cause.to_string();
+            let c = without_backtrace(&cause.to_string());
             if !msg.contains(&c) {
                 msg.push_str(&format!(": {c}"));
             }
@@ -80,7 +88,22 @@ fn main() {
     }
 }
 
-fn rayon_init(n: usize) -> Result<(), String> {
+/// Sets the compute threads (rayon's pool and candle's read this before they start).
+fn rayon_init(n: usize) {
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    Ok(())
+}
+
+/// The error message without a backtrace: with `RUST_BACKTRACE` set, candle's errors carry one
+/// in their text, and the user gets one line.
+fn without_backtrace(msg: &str) -> String {
+    let mut kept = Vec::new();
+    for line in msg.lines() {
+        let t = line.trim();
+        let frame = t.split_once(':').is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        if frame || t.starts_with("stack backtrace") || t.starts_with("Stack backtrace") || t == "disabled backtrace" {
+            break;
+        }
+        kept.push(line);
+    }
+    kept.join("\n")
 }

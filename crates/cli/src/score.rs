@@ -54,6 +54,7 @@ impl MetricArgs {
 /// Scores `hyps` against `refs` as `m` says; returns the JSON written to scores.json and the
 /// text printed.
 pub fn compute(hyps: &[String], refs: &[Vec<String>], m: &MetricArgs) -> Result<(serde_json::Value, String)> {
+    lowrank_metrics::check_inputs(hyps, refs)?;
     if m.metrics == "sacrebleu" {
         let b = lowrank_metrics::sacrebleu::corpus_bleu(hyps, refs, m.lowercase);
         let json = serde_json::json!({

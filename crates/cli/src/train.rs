@@ -5,12 +5,11 @@ use crate::common::device;
 use crate::progress::Bar;
 use anyhow::Result;
 use lowrank_models::{AnyModel, TextTokenizer};
-use lowrank_train::checkpoint::find_checkpoint;
 use lowrank_train::config::expand_path;
 use lowrank_train::data::{read_pairs, Templater};
-use lowrank_train::run::{prepare, read_spec};
+use lowrank_train::run::{finished_summary, prepare, read_spec, run_dir_of, Start};
 use lowrank_train::RunConfig;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -24,8 +23,11 @@ pub struct TrainArgs {
     #[arg(long)]
     output: Option<PathBuf>,
     /// Continue a run from its newest checkpoint (a run folder or a checkpoint folder).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: Option<PathBuf>,
+    /// Replace the run already in the output folder (otherwise a non-empty folder is refused).
+    #[arg(long)]
+    overwrite: bool,
     /// The model to fine-tune (Hugging Face folder or .gguf file): shorthand for `--set model.path=...`.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -76,14 +78,16 @@ fn default_run_dir() -> PathBuf {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let resume_ck = match &args.resume {
-        Some(dir) => Some(find_checkpoint(dir)?),
-        None => None,
-    };
-    let run_dir_from_resume = resume_ck.as_ref().and_then(|ck| ck.parent().and_then(Path::parent)).map(Path::to_path_buf);
+    let run_dir_from_resume = args.resume.as_deref().map(run_dir_of);
     let config_path = match (&args.config, &run_dir_from_resume) {
         (Some(c), _) => c.clone(),
-        (None, Some(dir)) => dir.join("config.toml"),
+        (None, Some(dir)) => {
+            let p = dir.join("config.toml");
+            if !p.exists() {
+                anyhow::bail!("{}: no config.toml, so not a run folder to resume (give --config too)", dir.display());
+            }
+            p
+        }
         (None, None) => anyhow::bail!("--config is required (or --resume a run folder)"),
     };
     let mut overrides = args.set.clone();
@@ -98,9 +102,26 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .or_else(|| run_dir_from_resume.clone())
         .or_else(|| cfg.output.as_deref().map(expand_path))
         .unwrap_or_else(default_run_dir);
+    let start = match (&args.resume, args.overwrite) {
+        (Some(dir), _) => Start::Resume(dir.clone()),
+        (None, true) => Start::Overwrite,
+        (None, false) => Start::Fresh,
+    };
+    if let Start::Resume(_) = &start {
+        if let Some(done) = finished_summary(&cfg, &run_dir)? {
+            eprintln!(
+                "nothing to do: {} already finished all {} steps (final loss {:.4}); its adapter is {}",
+                run_dir.display(),
+                done.steps,
+                done.final_loss,
+                run_dir.join("adapter").display()
+            );
+            return Ok(());
+        }
+    }
     let samples = test_prompts(&cfg, cfg.report.samples)?;
     let mut bar = Bar::new();
-    let p = prepare(cfg, run_dir, resume_ck.as_deref(), &device(), &mut bar)?;
+    let p = prepare(cfg, run_dir, start, &device(), &mut bar)?;
     let base_outputs = if samples.is_empty() { vec![] } else {
         eprintln!("generating base-model outputs for {} test prompts ...", samples.len());
         sample_outputs(&p.model, &p.loaded.config, &p.loaded.tokenizer, &p.templater, &p.cfg, &samples)?

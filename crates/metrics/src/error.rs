@@ -28,6 +28,9 @@ pub enum MetricsError {
     /// A reference group has no reference at all.
     #[error("reference group {index} is empty (every MR needs at least one reference)")]
     EmptyReferenceGroup { index: usize },
+    /// Every reference is the empty string.
+    #[error("every reference is empty (a wrong reference column?); nothing to score against")]
+    AllReferencesEmpty,
     /// There is nothing to score.
     #[error("no hypotheses to score")]
     EmptyCorpus,

@@ -79,7 +79,9 @@ pub struct ScoreOptions {
     pub meteor: MeteorSource,
 }
 
-fn check_inputs(hyps: &[String], refs: &[Vec<String>]) -> Result<(), MetricsError> {
+/// Checks a corpus before scoring: as many reference groups as hypotheses, something to score,
+/// no empty group, and not every reference empty (a wrong reference column, say).
+pub fn check_inputs(hyps: &[String], refs: &[Vec<String>]) -> Result<(), MetricsError> {
     if hyps.len() != refs.len() {
         return Err(MetricsError::LengthMismatch {
             hyps: hyps.len(),
@@ -91,6 +93,9 @@ fn check_inputs(hyps: &[String], refs: &[Vec<String>]) -> Result<(), MetricsErro
     }
     if let Some(index) = refs.iter().position(|g| g.is_empty()) {
         return Err(MetricsError::EmptyReferenceGroup { index });
+    }
+    if refs.iter().flatten().all(|r| r.trim().is_empty()) {
+        return Err(MetricsError::AllReferencesEmpty);
     }
     Ok(())
 }

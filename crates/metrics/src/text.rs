@@ -55,6 +55,13 @@ pub fn is_py_line_break(c: char) -> bool {
 
 /// Python's `str.splitlines()` (without keepends): `\r\n` counts as one break and a
 /// trailing break does not produce an empty last line.
+/// `s` with every character [`py_splitlines`] breaks lines at (`\n`, `\r`, `\x0b`, `\x0c`,
+/// `\x1c`–`\x1e`, `\u{85}`, `\u{2028}`, `\u{2029}`) replaced by a space, so that it stays one
+/// line of a hypotheses or references file.
+pub fn one_line(s: &str) -> String {
+    s.chars().map(|c| if is_py_line_break(c) { ' ' } else { c }).collect()
+}
+
 pub fn py_splitlines(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
@@ -128,6 +135,14 @@ pub fn sub_pairs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_removes_every_line_boundary_splitlines_knows() {
+        let s = "a\nb\rc\x0bd\x0ce\x1cf\u{85}g\u{2028}h\u{2029}i\tj";
+        let l = one_line(s);
+        assert_eq!(py_splitlines(&l).len(), 1, "{l:?}");
+        assert_eq!(l, "a b c d e f g h i\tj");
+    }
 
     #[test]
     fn splitlines_like_python() {

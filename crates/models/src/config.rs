@@ -48,23 +48,51 @@ impl Keys<'_> {
     pub(crate) fn missing(&self, key: &str) -> ModelError {
         ModelError::MissingConfigKey { path: self.path.to_path_buf(), key: key.to_string() }
     }
+    /// `key` present with a value of the wrong type (null counts as absent).
+    fn wrong_type(&self, key: &str, expected: &str, found: &Value) -> ModelError {
+        let shown = found.to_string();
+        let shown = if shown.chars().count() > 40 { format!("{}…", shown.chars().take(40).collect::<String>()) } else { shown };
+        ModelError::ConfigKeyType { path: self.path.to_path_buf(), key: key.to_string(), expected: expected.to_string(), found: shown }
+    }
+    fn present(&self, key: &str) -> Option<&Value> {
+        self.v.get(key).filter(|x| !x.is_null())
+    }
     pub(crate) fn usize_req(&self, key: &str) -> Result<usize> {
-        self.v.get(key).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| self.missing(key))
+        self.usize_opt(key)?.ok_or_else(|| self.missing(key))
     }
-    pub(crate) fn usize_opt(&self, key: &str) -> Option<usize> {
-        self.v.get(key).and_then(Value::as_u64).map(|x| x as usize)
+    pub(crate) fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
+        match self.present(key) {
+            None => Ok(None),
+            Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| self.wrong_type(key, "a non-negative integer", x)),
+        }
     }
-    pub(crate) fn f64_opt(&self, key: &str) -> Option<f64> {
-        self.v.get(key).and_then(Value::as_f64)
+    pub(crate) fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
+        match self.present(key) {
+            None => Ok(None),
+            Some(x) => x.as_f64().map(Some).ok_or_else(|| self.wrong_type(key, "a number", x)),
+        }
     }
-    pub(crate) fn bool_opt(&self, key: &str) -> Option<bool> {
-        self.v.get(key).and_then(Value::as_bool)
+    pub(crate) fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
+        match self.present(key) {
+            None => Ok(None),
+            Some(x) => x.as_bool().map(Some).ok_or_else(|| self.wrong_type(key, "true or false", x)),
+        }
     }
-    pub(crate) fn ids(&self, key: &str) -> Vec<u32> {
-        match self.v.get(key) {
-            Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
-            _ => vec![],
+    /// A token id or a list of them (empty when absent).
+    pub(crate) fn ids(&self, key: &str) -> Result<Vec<u32>> {
+        let id = |x: &Value| x.as_u64().filter(|&n| n <= u32::MAX as u64).map(|n| n as u32);
+        match self.present(key) {
+            None => Ok(vec![]),
+            Some(x @ Value::Number(_)) => id(x).map(|i| vec![i]).ok_or_else(|| self.wrong_type(key, "a token id", x)),
+            Some(Value::Array(a)) => a.iter().map(|x| id(x).ok_or_else(|| self.wrong_type(key, "a list of token ids", x))).collect(),
+            Some(x) => Err(self.wrong_type(key, "a token id or a list of them", x)),
+        }
+    }
+    /// A string (None when absent).
+    pub(crate) fn str_opt(&self, key: &str) -> Result<Option<&str>> {
+        match self.present(key) {
+            None => Ok(None),
+            Some(x) => x.as_str().map(Some).ok_or_else(|| self.wrong_type(key, "a string", x)),
         }
     }
 }
@@ -85,7 +113,7 @@ impl LlamaConfig {
             .and_then(Value::as_str)
             .unwrap_or("LlamaForCausalLM")
             .to_string();
-        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("llama").to_string();
+        let model_type = k.str_opt("model_type")?.unwrap_or("llama").to_string();
         match model_type.as_str() {
             "llama" | "qwen2" | "mistral" => {}
             other => {
@@ -97,7 +125,7 @@ impl LlamaConfig {
         }
         let hidden_size = k.usize_req("hidden_size")?;
         let num_attention_heads = k.usize_req("num_attention_heads")?;
-        let head_dim = k.usize_opt("head_dim").unwrap_or(hidden_size / num_attention_heads.max(1));
+        let head_dim = k.usize_opt("head_dim")?.unwrap_or(hidden_size / num_attention_heads.max(1));
         let rope_scaling = match v.get("rope_scaling") {
             None | Some(Value::Null) => None,
             Some(rs) => {
@@ -128,22 +156,22 @@ impl LlamaConfig {
             intermediate_size: k.usize_req("intermediate_size")?,
             num_hidden_layers: k.usize_req("num_hidden_layers")?,
             num_attention_heads,
-            num_key_value_heads: k.usize_opt("num_key_value_heads").unwrap_or(num_attention_heads),
+            num_key_value_heads: k.usize_opt("num_key_value_heads")?.unwrap_or(num_attention_heads),
             head_dim,
             vocab_size: k.usize_req("vocab_size")?,
-            rms_norm_eps: k.f64_opt("rms_norm_eps").unwrap_or(1e-6),
+            rms_norm_eps: k.f64_opt("rms_norm_eps")?.unwrap_or(1e-6),
             // transformers 5 keeps it under `rope_parameters`.
             rope_theta: k
-                .f64_opt("rope_theta")
+                .f64_opt("rope_theta")?
                 .or_else(|| v.get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(Value::as_f64))
                 .unwrap_or(10_000.0),
             rope_scaling,
-            max_position_embeddings: k.usize_opt("max_position_embeddings").unwrap_or(2048),
-            tie_word_embeddings: k.bool_opt("tie_word_embeddings").unwrap_or(false),
-            attention_bias: k.bool_opt("attention_bias").unwrap_or(model_type == "qwen2"),
-            bos_token_id: k.ids("bos_token_id").first().copied(),
-            eos_token_ids: k.ids("eos_token_id"),
-            pad_token_id: k.ids("pad_token_id").first().copied(),
+            max_position_embeddings: k.usize_opt("max_position_embeddings")?.unwrap_or(2048),
+            tie_word_embeddings: k.bool_opt("tie_word_embeddings")?.unwrap_or(false),
+            attention_bias: k.bool_opt("attention_bias")?.unwrap_or(model_type == "qwen2"),
+            bos_token_id: k.ids("bos_token_id")?.first().copied(),
+            eos_token_ids: k.ids("eos_token_id")?,
+            pad_token_id: k.ids("pad_token_id")?.first().copied(),
             architecture,
             model_type,
         })

@@ -13,6 +13,8 @@ pub enum ModelError {
     Json { path: PathBuf, source: serde_json::Error },
     #[error("{path}: missing required key `{key}`")]
     MissingConfigKey { path: PathBuf, key: String },
+    #[error("{path}: key `{key}` must be {expected}, found {found}")]
+    ConfigKeyType { path: PathBuf, key: String, expected: String, found: String },
     #[error("{path}: unsupported model: {reason}")]
     Unsupported { path: PathBuf, reason: String },
     #[error("{path}: invalid safetensors file: {reason}")]
@@ -23,6 +25,8 @@ pub enum ModelError {
     MissingWeight { name: String, source_desc: String },
     #[error("weight `{name}` has shape {actual:?}, expected {expected:?}")]
     ShapeMismatch { name: String, expected: Vec<usize>, actual: Vec<usize> },
+    #[error("{source_desc}: weight `{name}` is stored with shape {actual:?}, expected {expected:?} (Conv1D layout: (d_in, d_out))")]
+    ShapeMismatchStored { name: String, source_desc: String, expected: Vec<usize>, actual: Vec<usize> },
     #[error("tokenizer {path}: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
     #[error("{0}")]

@@ -25,6 +25,8 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
         let content = Content::read(&mut f).map_err(|e| gguf_err(path, format!("{e} (truncated or not a GGUF file?)")))?;
+        let file_len = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+        Self::check_tensor_extents(path, &content, file_len)?;
         Ok(Self { path: path.to_path_buf(), content })
     }
 
@@ -148,10 +150,33 @@ impl GgufFile {
             }
             tensors.insert(hf, t.to_dtype(dtype)?.to_device(device)?);
         }
-        Ok(Weights { tensors, packed, source: self.path.display().to_string(), shapes_only: false })
+        Ok(Weights { tensors, packed, source: self.path.display().to_string(), ..Default::default() })
     }
 
-    /// Rebuilds the byte-level BPE tokenizer stored in the metadata (`tokenizer.ggml.*`).
+    /// Every tensor's data lies inside the file (a truncated download fails here, naming the first
+/// tensor cut off, not later or never).
+fn check_tensor_extents(path: &Path, content: &Content, file_len: u64) -> Result<()> {
+    let mut infos: Vec<_> = content.tensor_infos.iter().collect();
+    infos.sort_by_key(|(_, i)| i.offset);
+    for (name, info) in infos {
+        let elements: usize = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        if block == 0 || elements % block != 0 {
+            return Err(gguf_err(path, format!("tensor `{name}`: {elements} values do not fill whole {:?} blocks of {block}", info.ggml_dtype)));
+        }
+        let bytes = (elements / block) as u64 * info.ggml_dtype.type_size() as u64;
+        let end = content.tensor_data_offset.checked_add(info.offset).and_then(|o| o.checked_add(bytes));
+        if end.is_none_or(|e| e > file_len) {
+            return Err(gguf_err(
+                path,
+                format!("tensor `{name}` needs bytes up to {} but the file has {file_len} (truncated download?)", end.map(|e| e.to_string()).unwrap_or_else(|| "beyond 2^64".into())),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the byte-level BPE tokenizer stored in the metadata (`tokenizer.ggml.*`).
     pub fn tokenizer(&self) -> Result<TextTokenizer> {
         let model = self.meta_str_opt("tokenizer.ggml.model").unwrap_or_default();
         if model != "gpt2" {

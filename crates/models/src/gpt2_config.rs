@@ -26,16 +26,16 @@ pub struct Gpt2Config {
 impl Gpt2Config {
     pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
         let k = Keys { path, v };
-        let act = v.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
+        let act = k.str_opt("activation_function")?.unwrap_or("gelu_new");
         if act != "gelu_new" {
             return Err(ModelError::Unsupported { path: path.to_path_buf(), reason: format!("activation_function `{act}` (supported: gelu_new)") });
         }
         for flag in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"] {
-            if k.bool_opt(flag).unwrap_or(false) {
+            if k.bool_opt(flag)?.unwrap_or(false) {
                 return Err(ModelError::Unsupported { path: path.to_path_buf(), reason: format!("`{flag}: true` is not supported") });
             }
         }
-        if !k.bool_opt("scale_attn_weights").unwrap_or(true) {
+        if !k.bool_opt("scale_attn_weights")?.unwrap_or(true) {
             return Err(ModelError::Unsupported { path: path.to_path_buf(), reason: "`scale_attn_weights: false` is not supported".into() });
         }
         let n_embd = k.usize_req("n_embd")?;
@@ -48,12 +48,12 @@ impl Gpt2Config {
             n_embd,
             n_layer: k.usize_req("n_layer")?,
             n_head,
-            n_positions: k.usize_opt("n_positions").unwrap_or(1024),
-            n_inner: k.usize_opt("n_inner").unwrap_or(4 * n_embd),
-            layer_norm_epsilon: k.f64_opt("layer_norm_epsilon").unwrap_or(1e-5),
-            bos_token_id: k.ids("bos_token_id").first().copied(),
-            eos_token_ids: k.ids("eos_token_id"),
-            pad_token_id: k.ids("pad_token_id").first().copied(),
+            n_positions: k.usize_opt("n_positions")?.unwrap_or(1024),
+            n_inner: k.usize_opt("n_inner")?.unwrap_or(4 * n_embd),
+            layer_norm_epsilon: k.f64_opt("layer_norm_epsilon")?.unwrap_or(1e-5),
+            bos_token_id: k.ids("bos_token_id")?.first().copied(),
+            eos_token_ids: k.ids("eos_token_id")?,
+            pad_token_id: k.ids("pad_token_id")?.first().copied(),
             raw: v.clone(),
         })
     }

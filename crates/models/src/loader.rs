@@ -65,7 +65,10 @@ pub fn normalize_weights(config: &ModelConfig, weights: &mut Weights) -> Result<
         }
         ModelConfig::Llama(_) => {}
     }
-    transpose_named(weights, &transposed_weight_names(config)?)
+    let names = transposed_weight_names(config)?;
+    transpose_named(weights, &names)?;
+    weights.transposed.extend(names);
+    Ok(())
 }
 
 /// Weights stored `(d_in, d_out)` in checkpoints (GPT-2's Conv1D: every linear layer of the
@@ -91,7 +94,7 @@ fn transpose_named(weights: &mut Weights, names: &[String]) -> Result<()> {
 /// The tensors as a Hugging Face checkpoint stores them (Conv1D weights back to `(d_in, d_out)`),
 /// for writing a merged model.
 pub fn checkpoint_tensors(config: &ModelConfig, weights: &Weights) -> Result<BTreeMap<String, Tensor>> {
-    let mut w = Weights { tensors: weights.dense_tensors()?, packed: BTreeMap::new(), source: weights.source.clone(), shapes_only: false };
+    let mut w = Weights { tensors: weights.dense_tensors()?, source: weights.source.clone(), ..Default::default() };
     transpose_named(&mut w, &transposed_weight_names(config)?)?;
     Ok(w.tensors)
 }

@@ -56,7 +56,7 @@ pub struct T5Config {
 impl T5Config {
     pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
         let k = Keys { path, v };
-        let act = v.get("feed_forward_proj").and_then(Value::as_str).unwrap_or("relu");
+        let act = k.str_opt("feed_forward_proj")?.unwrap_or("relu");
         let feed_forward = match act {
             "relu" => T5FeedForward::Relu,
             "gated-gelu" => T5FeedForward::GatedGelu,
@@ -71,24 +71,24 @@ impl T5Config {
             }
         };
         let num_layers = k.usize_req("num_layers")?;
-        let pad = k.ids("pad_token_id").first().copied().unwrap_or(0);
+        let pad = k.ids("pad_token_id")?.first().copied().unwrap_or(0);
         let cfg = Self {
             vocab_size: k.usize_req("vocab_size")?,
             d_model: k.usize_req("d_model")?,
             d_kv: k.usize_req("d_kv")?,
             d_ff: k.usize_req("d_ff")?,
             num_layers,
-            num_decoder_layers: k.usize_opt("num_decoder_layers").unwrap_or(num_layers),
+            num_decoder_layers: k.usize_opt("num_decoder_layers")?.unwrap_or(num_layers),
             num_heads: k.usize_req("num_heads")?,
-            relative_attention_num_buckets: k.usize_opt("relative_attention_num_buckets").unwrap_or(32),
-            relative_attention_max_distance: k.usize_opt("relative_attention_max_distance").unwrap_or(128),
-            layer_norm_epsilon: k.f64_opt("layer_norm_epsilon").unwrap_or(1e-6),
+            relative_attention_num_buckets: k.usize_opt("relative_attention_num_buckets")?.unwrap_or(32),
+            relative_attention_max_distance: k.usize_opt("relative_attention_max_distance")?.unwrap_or(128),
+            layer_norm_epsilon: k.f64_opt("layer_norm_epsilon")?.unwrap_or(1e-6),
             feed_forward,
-            tie_word_embeddings: k.bool_opt("tie_word_embeddings").unwrap_or(true),
-            scale_decoder_outputs: k.bool_opt("scale_decoder_outputs").or(k.bool_opt("tie_word_embeddings")).unwrap_or(true),
+            tie_word_embeddings: k.bool_opt("tie_word_embeddings")?.unwrap_or(true),
+            scale_decoder_outputs: k.bool_opt("scale_decoder_outputs")?.or(k.bool_opt("tie_word_embeddings")?).unwrap_or(true),
             pad_token_id: pad,
-            eos_token_id: k.ids("eos_token_id").first().copied().unwrap_or(1),
-            decoder_start_token_id: k.ids("decoder_start_token_id").first().copied().unwrap_or(pad),
+            eos_token_id: k.ids("eos_token_id")?.first().copied().unwrap_or(1),
+            decoder_start_token_id: k.ids("decoder_start_token_id")?.first().copied().unwrap_or(pad),
             raw: v.clone(),
         };
         if cfg.num_heads == 0 || cfg.d_kv == 0 || cfg.relative_attention_num_buckets < 2 {

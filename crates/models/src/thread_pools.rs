@@ -25,9 +25,39 @@ fn spin_limit_to_set(current: Option<&std::ffi::OsStr>) -> Option<&'static str> 
     current.is_none().then_some(SPINS)
 }
 
+/// The cores this process may use.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// A requested thread count (0: all cores) capped at the cores available, with a warning when
+/// it was more: oversubscribed compute threads only wait on each other (256 threads on 2 cores
+/// made a short generation 40× slower) and a count like 100000 cannot even be started. `what`
+/// names the setting in the warning.
+pub fn capped_threads(requested: usize, what: &str) -> (usize, Option<String>) {
+    capped_threads_on(requested, available_cores(), what)
+}
+
+fn capped_threads_on(requested: usize, cores: usize, what: &str) -> (usize, Option<String>) {
+    match requested {
+        0 => (cores, None),
+        n if n > cores => (cores, Some(format!("{what} = {n} is more than the {cores} core(s) this process may use; using {cores}"))),
+        n => (n, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_counts_are_capped_at_the_cores() {
+        assert_eq!(capped_threads_on(0, 2, "--threads"), (2, None));
+        assert_eq!(capped_threads_on(1, 2, "--threads"), (1, None));
+        let (n, w) = capped_threads_on(100_000, 2, "--threads");
+        assert_eq!(n, 2);
+        assert!(w.unwrap().contains("--threads = 100000"));
+    }
 
     /// Ours when unset; a value the user set (even an empty one) is kept. (The environment
     /// itself is left alone: tests run on several threads of one process.)

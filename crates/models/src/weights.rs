@@ -19,6 +19,9 @@ pub struct Weights {
     /// Answers every request with a zero of the asked shape that takes no memory (a broadcast
     /// scalar): for building a model only to read its layout.
     pub shapes_only: bool,
+    /// Names whose tensor was transposed on load (GPT-2's Conv1D weights): shape errors give
+    /// these as the file stores them.
+    pub transposed: std::collections::BTreeSet<String>,
 }
 
 impl Weights {
@@ -69,6 +72,10 @@ impl Weights {
         }
         let t = self.get_any(name)?;
         if t.dims() != shape {
+            if self.transposed.contains(name) {
+                let rev = |d: &[usize]| d.iter().rev().copied().collect::<Vec<_>>();
+                return Err(ModelError::ShapeMismatchStored { name: name.to_string(), source_desc: self.source.clone(), expected: rev(shape), actual: rev(t.dims()) });
+            }
             return Err(ModelError::ShapeMismatch { name: name.to_string(), expected: shape.to_vec(), actual: t.dims().to_vec() });
         }
         Ok(t)
@@ -189,7 +196,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::write_io(dir, e))?;
     let file_name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
     let tmp: PathBuf = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    if let Err(e) = std::fs::write(&tmp, bytes) {
+    if let Err(e) = injected_fault(path).and_then(|()| std::fs::write(&tmp, bytes)) {
         let _ = std::fs::remove_file(&tmp);
         return Err(ModelError::write_io(path, e));
     }
@@ -218,6 +225,10 @@ pub fn write_dir_atomic<E: From<ModelError>>(dir: &Path, fill: impl FnOnce(&Path
         remove_any(&tmp);
         return Err(e);
     }
+    if let Err(e) = injected_fault(dir) {
+        remove_any(&tmp);
+        return Err(ModelError::write_io(dir, e).into());
+    }
     let old = parent.join(format!(".{name}.old-{pid}"));
     let had_old = std::fs::symlink_metadata(dir).is_ok();
     if had_old {
@@ -238,6 +249,21 @@ pub fn write_dir_atomic<E: From<ModelError>>(dir: &Path, fill: impl FnOnce(&Path
         remove_any(&old);
     }
     Ok(())
+}
+
+/// Test hooks for the fault and crash tests (never set in normal use): a write whose target
+/// path ends with `LOWRANK_FAIL_WRITE` fails as a full disk would, and every write first sleeps
+/// `LOWRANK_WRITE_DELAY_MS` milliseconds (widening the windows a SIGKILL can hit).
+fn injected_fault(path: &Path) -> std::io::Result<()> {
+    if let Some(ms) = std::env::var("LOWRANK_WRITE_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    match std::env::var_os("LOWRANK_FAIL_WRITE") {
+        Some(target) if !target.is_empty() && path.as_os_str().to_string_lossy().ends_with(&*target.to_string_lossy()) => {
+            Err(std::io::Error::other("No space left on device (injected by LOWRANK_FAIL_WRITE)"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Removes a file or a folder tree, ignoring errors (cleanup of temporaries).
@@ -307,5 +333,5 @@ pub fn load_hf_weights(dir: &Path, device: &Device, dtype: DType) -> Result<Weig
     for f in &files {
         tensors.extend(read_safetensors(f, device, Some(dtype))?);
     }
-    Ok(Weights { tensors, packed: BTreeMap::new(), source: dir.display().to_string(), shapes_only: false })
+    Ok(Weights { tensors, packed: BTreeMap::new(), source: dir.display().to_string(), ..Default::default() })
 }

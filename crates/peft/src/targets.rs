@@ -59,7 +59,8 @@ pub fn select(spec: &TargetSpec, exclude: &[String], modules: &[&str]) -> Result
             let re = full_regex(p)?;
             let hits: Vec<String> = modules.iter().filter(|m| re.is_match(m)).map(|s| s.to_string()).collect();
             if hits.is_empty() {
-                return Err(PeftError::NoMatch { pattern: p.clone(), available: available() });
+                let example = modules.first().copied().unwrap_or("model.layers.0.self_attn.q_proj");
+                return Err(PeftError::Invalid(format!("target pattern `{p}` is a regular expression matched against whole module paths (such as `{example}`) and matches none; a list of names (e.g. [\"{}\"]) matches by suffix", p)));
             }
             hits
         }

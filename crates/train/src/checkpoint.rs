@@ -25,6 +25,57 @@ pub struct TrainerState {
     /// checkpoints, where it equals `step`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optimizer_steps: Option<usize>,
+    /// The loss of every step so far (NaN, written `null`, for a skipped step), so that a resumed
+    /// run's summary covers the whole run.
+    #[serde(default, deserialize_with = "crate::checkpoint::nulls_as_nan")]
+    pub losses: Vec<f64>,
+    /// Seconds spent training and tokens processed so far.
+    #[serde(default)]
+    pub seconds: f64,
+    #[serde(default)]
+    pub tokens: usize,
+    /// The settings that determine the run ([`crate::RunConfig::identity`]) and their hash.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub settings_hash: String,
+}
+
+/// Reads a list of numbers in which `null` stands for NaN (as `serde_json` writes NaN).
+pub fn nulls_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>, D::Error> {
+    let v: Vec<Option<f64>> = Deserialize::deserialize(d)?;
+    Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+}
+
+/// Reads `trainer_state.json` of a checkpoint folder.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let state_path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path: state_path.clone(), reason: e.to_string() })
+}
+
+/// Refuses to resume from a checkpoint trained with other settings, naming the keys that
+/// differ (old → new). Checkpoints from before settings were recorded are accepted.
+pub fn check_settings(checkpoint: &Path, state: &TrainerState, now: &BTreeMap<String, String>) -> Result<()> {
+    if state.settings.is_empty() {
+        return Ok(());
+    }
+    let mut keys: Vec<&String> = state.settings.keys().chain(now.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let shown = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+    let diffs: Vec<String> = keys
+        .into_iter()
+        .filter(|k| state.settings.get(*k) != now.get(*k))
+        .map(|k| format!("{k}: {} → {}", shown(state.settings.get(k)), shown(now.get(k))))
+        .collect();
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::Checkpoint {
+        path: checkpoint.to_path_buf(),
+        reason: format!("was trained with other settings ({}); resume with the run's own settings, or start a new run", diffs.join("; ")),
+    })
 }
 
 pub fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
@@ -57,22 +108,28 @@ pub fn find_checkpoint(dir: &Path) -> Result<PathBuf> {
     if dir.join("trainer_state.json").exists() {
         return Ok(dir.to_path_buf());
     }
+    if !dir.is_dir() {
+        return Err(TrainError::RunFolder { path: dir.to_path_buf(), reason: "does not exist (nothing to resume)".into() });
+    }
     let ck = dir.join("checkpoints");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&ck)
-        .map_err(|e| TrainError::io(&ck, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("trainer_state.json").exists() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
-        .collect();
+    let mut found: Vec<PathBuf> = match std::fs::read_dir(&ck) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("trainer_state.json").exists() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+        Err(e) => return Err(TrainError::io(&ck, e)),
+    };
     found.sort();
-    found.pop().ok_or_else(|| TrainError::Checkpoint { path: ck, reason: "no complete checkpoint found".into() })
+    found.pop().ok_or_else(|| TrainError::RunFolder {
+        path: dir.to_path_buf(),
+        reason: "has no checkpoint to resume from: the run stopped before its first checkpoint (every train.save_every steps; none when 0), so start it again with --overwrite".into(),
+    })
 }
 
 /// Restores adapter values, optimizer moments and the state from a checkpoint folder.
 pub fn load_checkpoint(dir: &Path, adapter: &dyn Adapter, opt: &mut AdamW) -> Result<TrainerState> {
-    let state_path = dir.join("trainer_state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-    let state: TrainerState =
-        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path: state_path.clone(), reason: e.to_string() })?;
+    let state = read_state(dir)?;
     let weights = read_safetensors(&dir.join(lowrank_peft::folder::WEIGHTS_FILE), &Device::Cpu, Some(DType::F32))?;
     for (name, var) in adapter.named_vars() {
         let key = format!("base_model.model.{name}");

@@ -319,9 +319,50 @@ impl RunConfig {
         if self.train.batch_size == 0 || self.train.grad_accum == 0 {
             return bad("train.batch_size and train.grad_accum must be at least 1");
         }
-        if !(self.train.lr > 0.0) {
-            return bad("train.lr must be positive");
+        let t = &self.train;
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        let non_negative = |v: f64| v >= 0.0 && v.is_finite();
+        if !positive(t.lr) {
+            return bad(&format!("train.lr must be a positive number, got {}", t.lr));
         }
+        if !non_negative(t.epochs) {
+            return bad(&format!("train.epochs must be a number ≥ 0, got {}", t.epochs));
+        }
+        if t.steps == 0 && t.epochs == 0.0 {
+            return bad("train.steps = 0 and train.epochs = 0: nothing to train (set one of them)");
+        }
+        if !non_negative(t.weight_decay) {
+            return bad(&format!("train.weight_decay must be a number ≥ 0, got {}", t.weight_decay));
+        }
+        for (name, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(&format!("{name} must be in [0, 1), got {v}"));
+            }
+        }
+        if !positive(t.eps) {
+            return bad(&format!("train.eps must be a positive number, got {}", t.eps));
+        }
+        if !non_negative(t.max_grad_norm) {
+            return bad(&format!("train.max_grad_norm must be a number ≥ 0 (0: no clipping), got {}", t.max_grad_norm));
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            return bad(&format!("train.label_smoothing must be in [0, 1), got {}", t.label_smoothing));
+        }
+        if self.data.max_length < 2 {
+            return bad(&format!("data.max_length must be at least 2, got {}", self.data.max_length));
+        }
+        let r = &self.report;
+        if r.num_beams == 0 {
+            return bad("report.num_beams must be at least 1 (1: greedy)");
+        }
+        if r.samples > 0 && r.max_new_tokens == 0 {
+            return bad("report.max_new_tokens must be at least 1 when report.samples > 0");
+        }
+        if !r.length_penalty.is_finite() {
+            return bad(&format!("report.length_penalty must be a finite number, got {}", r.length_penalty));
+        }
+        crate::data::check_template(&self.data.prompt_template, "prompt", "data.prompt_template").map_err(|e| TrainError::Config { path: origin.to_path_buf(), reason: e })?;
+        crate::data::check_template(&self.data.completion_template, "completion", "data.completion_template").map_err(|e| TrainError::Config { path: origin.to_path_buf(), reason: e })?;
         if !matches!(self.model.dtype.as_str(), "f32" | "bf16" | "f16") {
             return bad("model.dtype must be f32, bf16 or f16");
         }
@@ -334,8 +375,47 @@ impl RunConfig {
         if let Some(other) = given.iter().find(|s| **s != self.peft.method) {
             return bad(&format!("[{other}] sets the settings of method `{other}`, but peft.method = \"{}\" (remove the section or set peft.method = \"{other}\")", self.peft.method));
         }
-        method.check(&self.method_settings()).map_err(|e| TrainError::Config { path: origin.to_path_buf(), reason: e.to_string() })?;
+        method.check(&self.method_settings()).map_err(|e| TrainError::Config { path: origin.to_path_buf(), reason: format!("[{}] {}", self.peft.method, e.to_string().trim_start_matches("invalid adapter setting: ")) })?;
         Ok(())
+    }
+
+    /// The settings that determine what a run computes — model, method and its settings, data,
+    /// seed and shapes — flattened to `section.key` → value. A checkpoint records them, and
+    /// resuming with different ones is refused naming the keys that differ. (Step counts,
+    /// learning rate and reporting may change on resume.)
+    pub fn identity(&self) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut add = |section: &str, v: toml::Value, skip: &[&str]| {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    if !skip.contains(&k.as_str()) {
+                        out.insert(format!("{section}.{k}"), v.to_string());
+                    }
+                }
+            }
+        };
+        let table = |v: Result<toml::Value>| v.unwrap_or_else(|_| toml::Value::Table(Default::default()));
+        add("model", table(toml::Value::try_from(&self.model).map_err(|e| TrainError::Invalid(e.to_string()))), &[]);
+        add("peft", table(toml::Value::try_from(&self.peft).map_err(|e| TrainError::Invalid(e.to_string()))), &[]);
+        add(&self.peft.method, self.method_settings(), &[]);
+        add("data", table(toml::Value::try_from(&self.data).map_err(|e| TrainError::Invalid(e.to_string()))), &["test", "test_target"]);
+        let t = &self.train;
+        for (k, v) in [("seed", t.seed.to_string()), ("batch_size", t.batch_size.to_string()), ("grad_accum", t.grad_accum.to_string())] {
+            out.insert(format!("train.{k}"), v);
+        }
+        out
+    }
+
+    /// A short hash of [`RunConfig::identity`] (FNV-1a, hex).
+    pub fn identity_hash(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (k, v) in self.identity() {
+            for b in k.bytes().chain([b'=']).chain(v.bytes()).chain([b'\n']) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
     }
 
     /// The resolved settings as TOML (the run folder's `config.toml`), method sections included.

@@ -179,6 +179,28 @@ fn read_jsonl(path: &Path, spec: &ReadSpec) -> Result<Vec<TextPair>> {
     Ok(out)
 }
 
+/// Checks a template: it must contain `{placeholder}` (else the text would be dropped), and any
+/// other `{name}` is a misspelt or unknown placeholder that would be left in the text as it is.
+/// Braces around anything but a plain name (JSON, say) are literal text. `key` names the
+/// setting in the message.
+pub fn check_template(template: &str, placeholder: &str, key: &str) -> std::result::Result<(), String> {
+    let wanted = format!("{{{placeholder}}}");
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { break };
+        let name = &after[..close];
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && name != placeholder {
+            return Err(format!("{key} = {template:?} has an unknown placeholder `{{{name}}}`; the only one is `{wanted}`"));
+        }
+        rest = &after[close + 1..];
+    }
+    if !template.contains(&wanted) {
+        return Err(format!("{key} = {template:?} lacks `{wanted}`, so the {placeholder} text would be dropped"));
+    }
+    Ok(())
+}
+
 /// Turns pairs into token ids with templates.
 #[derive(Debug, Clone)]
 pub struct Templater {

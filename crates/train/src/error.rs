@@ -17,6 +17,10 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("training stopped at step {step}: {what}")]
     NonFinite { step: usize, what: String },
+    #[error("run folder {path} {reason}")]
+    RunFolder { path: PathBuf, reason: String },
+    #[error("{reason}; {kept}")]
+    FinalWrite { reason: String, kept: String },
     #[error("cannot write {path}: {source}")]
     WriteIo { path: PathBuf, source: std::io::Error },
     #[error("{0}")]

@@ -3,7 +3,7 @@
 //! data, loads the model, makes the method's adapter and builds the model with it;
 //! [`Prepared::train`] runs the loop (from a checkpoint when resuming) and writes the adapter,
 //! `metrics.jsonl`, checkpoints and `summary.json` into the run folder.
-use crate::checkpoint::{find_checkpoint, load_checkpoint};
+use crate::checkpoint::{check_settings, find_checkpoint, load_checkpoint, read_state};
 use crate::config::{expand_path, RunConfig};
 use crate::data::{encode_all, read_pairs, Example, ReadSpec, Templater, TextPair};
 use crate::error::{Result, TrainError};
@@ -52,6 +52,63 @@ pub fn training_dtype(s: &str, device: &Device) -> Result<(DType, Option<String>
     Ok((d, None))
 }
 
+/// How a run starts with respect to its folder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// A new run: the folder must not exist yet or be empty.
+    Fresh,
+    /// A new run replacing what the folder holds (removed when training starts).
+    Overwrite,
+    /// Continue from the newest checkpoint of a run folder, or from the checkpoint folder given.
+    Resume(PathBuf),
+}
+
+/// The run folder of `dir` given to resume: `dir` itself, or the run folder holding it when it
+/// is a checkpoint folder (`RUN/checkpoints/step-N`).
+pub fn run_dir_of(dir: &Path) -> PathBuf {
+    if dir.join("trainer_state.json").exists() {
+        if let Some(run) = dir.parent().and_then(Path::parent) {
+            return run.to_path_buf();
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// Refuses a folder that already holds something (a run that `--resume` or `--overwrite` would
+/// have to name), or a path that is a file.
+fn check_fresh(run_dir: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(run_dir) else { return Ok(()) };
+    if !meta.is_dir() {
+        return Err(TrainError::RunFolder { path: run_dir.to_path_buf(), reason: "is a file, not a run folder".into() });
+    }
+    let mut names: Vec<String> = std::fs::read_dir(run_dir).map_err(|e| TrainError::io(run_dir, e))?.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    let shown = if names.len() > 4 { format!("{}, …", names[..4].join(", ")) } else { names.join(", ") };
+    Err(TrainError::RunFolder {
+        path: run_dir.to_path_buf(),
+        reason: format!("already holds a run ({shown}); continue it with --resume, replace it with --overwrite, or choose another output folder"),
+    })
+}
+
+/// When resuming a run that already finished with these settings: its summary (nothing to
+/// do). Reads the training data's size (not the model) to know the run's step count.
+pub fn finished_summary(cfg: &RunConfig, run_dir: &Path) -> Result<Option<TrainSummary>> {
+    let path = run_dir.join("summary.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let Ok(summary) = serde_json::from_str::<TrainSummary>(&text) else { return Ok(None) };
+    if !run_dir.join("adapter").join(lowrank_peft::folder::CONFIG_FILE).exists() {
+        return Ok(None);
+    }
+    if !summary.settings_hash.is_empty() && summary.settings_hash != cfg.identity_hash() {
+        return Ok(None);
+    }
+    let examples = if cfg.train.steps > 0 { 0 } else { limited(read_pairs(&expand_path(&cfg.data.train), &read_spec(cfg, &cfg.data.train_target))?, cfg.data.train_limit).len() };
+    Ok((summary.steps == crate::trainer::total_steps(&cfg.train, examples)).then_some(summary))
+}
+
 /// Everything a run needs, loaded and built.
 pub struct Prepared {
     pub cfg: RunConfig,
@@ -67,15 +124,32 @@ pub struct Prepared {
     pub adapter_info: AdapterInfo,
     /// The checkpoint to continue from.
     pub resume: Option<PathBuf>,
+    /// Replace what the run folder holds when training starts.
+    pub overwrite: bool,
 }
 
 /// Reads the data, loads the model, makes the method's adapter and builds the model with it.
-/// Bad data or settings fail before the weights are loaded. `resume`: a run folder or a
-/// checkpoint to continue from. Notes for the user go to `obs`.
-pub fn prepare(cfg: RunConfig, run_dir: PathBuf, resume: Option<&Path>, device: &Device, obs: &mut dyn Observer) -> Result<Prepared> {
-    let resume = match resume {
-        Some(dir) => Some(find_checkpoint(dir)?),
-        None => None,
+/// Bad data, settings or run folders fail before the weights are loaded: a fresh run refuses a
+/// folder holding an earlier run, and a resumed one a checkpoint trained with other settings
+/// (naming the keys that differ). Temporaries left by a killed run are removed. Notes for the
+/// user go to `obs`.
+pub fn prepare(cfg: RunConfig, run_dir: PathBuf, start: Start, device: &Device, obs: &mut dyn Observer) -> Result<Prepared> {
+    let mut removed = lowrank_models::weights::remove_stale_temporaries(&run_dir);
+    removed.extend(lowrank_models::weights::remove_stale_temporaries(&run_dir.join("checkpoints")));
+    if !removed.is_empty() {
+        obs.note(&format!("removed {} temporary file(s) left in {} by an interrupted run", removed.len(), run_dir.display()));
+    }
+    let resume = match &start {
+        Start::Fresh => {
+            check_fresh(&run_dir)?;
+            None
+        }
+        Start::Overwrite => None,
+        Start::Resume(dir) => {
+            let ck = find_checkpoint(dir)?;
+            check_settings(&ck, &read_state(&ck)?, &cfg.identity())?;
+            Some(ck)
+        }
     };
     let (dtype, note) = training_dtype(&cfg.model.dtype, device)?;
     if let Some(n) = note {
@@ -83,7 +157,11 @@ pub fn prepare(cfg: RunConfig, run_dir: PathBuf, resume: Option<&Path>, device: 
     }
     let model_path = expand_path(&cfg.model.path);
     if cfg.train.threads > 0 && std::env::var("RAYON_NUM_THREADS").is_err() {
-        std::env::set_var("RAYON_NUM_THREADS", cfg.train.threads.to_string());
+        let (n, warning) = lowrank_models::thread_pools::capped_threads(cfg.train.threads, "train.threads");
+        if let Some(w) = warning {
+            obs.note(&format!("warning: {w}"));
+        }
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     // Configuration and data first: a bad file fails before the weights are loaded.
     let model_config = load_config(&model_path).map_err(|e| TrainError::Invalid(format!("reading the configuration of {}: {e}", model_path.display())))?;
@@ -135,7 +213,7 @@ pub fn prepare(cfg: RunConfig, run_dir: PathBuf, resume: Option<&Path>, device: 
         obs.note("warning: train.activation_checkpointing is only implemented for the Llama family; training without it");
     }
     let adapter_info = AdapterInfo::for_model(model_path.display().to_string(), &loaded.config);
-    Ok(Prepared { cfg, run_dir, loaded, layout, adapter, model, templater, train, valid, adapter_info, resume })
+    Ok(Prepared { cfg, run_dir, loaded, layout, adapter, model, templater, train, valid, adapter_info, resume, overwrite: start == Start::Overwrite })
 }
 
 impl Prepared {
@@ -143,7 +221,14 @@ impl Prepared {
     /// adapter (PEFT's folder, `adapter/`) and `summary.json`. The resolved settings go to
     /// `config.toml` before the first step.
     pub fn train(&self, obs: &mut dyn Observer) -> Result<TrainSummary> {
-        std::fs::create_dir_all(&self.run_dir).map_err(|e| TrainError::io(&self.run_dir, e))?;
+        if self.overwrite && std::fs::symlink_metadata(&self.run_dir).is_ok() {
+            obs.note(&format!("replacing the run in {}", self.run_dir.display()));
+            lowrank_models::weights::remove_any(&self.run_dir);
+            if std::fs::symlink_metadata(&self.run_dir).is_ok() {
+                return Err(TrainError::RunFolder { path: self.run_dir.clone(), reason: "could not be removed for --overwrite".into() });
+            }
+        }
+        std::fs::create_dir_all(&self.run_dir).map_err(|e| TrainError::write_io(&self.run_dir, e))?;
         lowrank_models::weights::write_atomic(&self.run_dir.join("config.toml"), self.cfg.to_toml().as_bytes())?;
         let trainer = Trainer {
             model: &self.model,
@@ -155,6 +240,8 @@ impl Prepared {
             run_dir: Some(self.run_dir.clone()),
             adapter_info: self.adapter_info.clone(),
             vocab_size: self.loaded.config.vocab_size(),
+            settings: self.cfg.identity(),
+            settings_hash: self.cfg.identity_hash(),
         };
         let mut opt = trainer.optimizer()?;
         let start = match &self.resume {
@@ -166,12 +253,29 @@ impl Prepared {
             None => None,
         };
         let summary = trainer.run(&mut opt, start, obs)?;
-        lowrank_peft::save_adapter(&self.adapter_dir(), self.adapter.as_ref(), &self.adapter_info)?;
+        self.save_final_adapter()?;
         let json = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Invalid(e.to_string()))?;
         lowrank_models::weights::write_atomic(&self.run_dir.join("summary.json"), json.as_bytes())?;
         Ok(summary)
     }
 
+    /// Writes the trained adapter to `adapter/`; when that fails (a full disk, a read-only
+    /// folder), the weights go to a folder under the system's temporary directory instead and
+    /// the error says where, so a training is never lost to a failed final write.
+    fn save_final_adapter(&self) -> Result<()> {
+        let dir = self.adapter_dir();
+        let Err(e) = lowrank_peft::save_adapter(&dir, self.adapter.as_ref(), &self.adapter_info) else { return Ok(()) };
+        if matches!(&e, lowrank_peft::PeftError::Model(lowrank_models::ModelError::NonFinite { .. })) {
+            return Err(e.into());
+        }
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let rescue = std::env::temp_dir().join(format!("lowrank-rescued-{stamp}-{}", std::process::id())).join("adapter");
+        let kept = match lowrank_peft::save_adapter(&rescue, self.adapter.as_ref(), &self.adapter_info) {
+            Ok(()) => format!("the trained adapter was saved to {} instead", rescue.display()),
+            Err(e2) => format!("saving it to {} failed too ({e2}); the last checkpoint in {} is what remains", rescue.display(), self.run_dir.join("checkpoints").display()),
+        };
+        Err(TrainError::FinalWrite { reason: e.to_string(), kept })
+    }
     /// Where the final adapter goes.
     pub fn adapter_dir(&self) -> PathBuf {
         self.run_dir.join("adapter")

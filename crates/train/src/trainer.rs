@@ -10,7 +10,7 @@ use crate::optim::{accumulate, clip_grad_norm, learning_rate, AdamW, AdamWParams
 use candle_core::{Device, Tensor};
 use lowrank_models::CausalLm;
 use lowrank_peft::Adapter;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -47,18 +47,27 @@ pub trait Observer {
 pub struct Silent;
 impl Observer for Silent {}
 
-/// What a finished run reports.
-#[derive(Debug, Clone, Serialize)]
+/// What a finished run reports (`summary.json`), for the whole run even when it was resumed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainSummary {
     pub steps: usize,
     pub final_loss: f64,
     pub val_loss: Option<f64>,
+    /// Training time of the whole run (all its sessions).
     pub seconds: f64,
     pub tokens_per_s: f64,
+    /// Every step's loss (`null`: a skipped step).
+    #[serde(deserialize_with = "crate::checkpoint::nulls_as_nan")]
     pub losses: Vec<f64>,
     /// Warnings given during the run (skipped steps, a collapse).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// [`crate::RunConfig::identity_hash`] of the run's settings.
+    #[serde(default)]
+    pub settings_hash: String,
+    /// The step the last session started from (0: not resumed).
+    #[serde(default)]
+    pub resumed_from: usize,
 }
 
 /// Everything the loop works on.
@@ -75,6 +84,20 @@ pub struct Trainer<'a> {
     pub adapter_info: lowrank_peft::AdapterInfo,
     /// The model's vocabulary (the loss of a uniform prediction is `ln(vocab_size)`).
     pub vocab_size: usize,
+    /// What checkpoints record of the settings ([`crate::RunConfig::identity`] and its hash).
+    pub settings: std::collections::BTreeMap<String, String>,
+    pub settings_hash: String,
+}
+
+/// Optimizer steps of a run over `examples` training examples: `steps`, or `epochs` worth of
+/// accumulated batches.
+pub fn total_steps(cfg: &TrainSection, examples: usize) -> usize {
+    if cfg.steps > 0 {
+        return cfg.steps;
+    }
+    let per_epoch = examples.div_ceil(cfg.batch_size.max(1));
+    let micro = (cfg.epochs * per_epoch as f64).ceil() as usize;
+    micro.div_ceil(cfg.grad_accum.max(1)).max(1)
 }
 
 fn batch_tensors(b: &Batch, dev: &Device) -> Result<(Tensor, Tensor)> {
@@ -92,11 +115,7 @@ impl Trainer<'_> {
 
     /// Optimizer steps of the whole run: `steps`, or `epochs` worth of accumulated batches.
     pub fn total_steps(&self) -> usize {
-        if self.cfg.steps > 0 {
-            return self.cfg.steps;
-        }
-        let micro = (self.cfg.epochs * self.batches_per_epoch() as f64).ceil() as usize;
-        micro.div_ceil(self.cfg.grad_accum.max(1)).max(1)
+        total_steps(self.cfg, self.train.len())
     }
 
     pub fn optimizer(&self) -> Result<AdamW> {
@@ -150,11 +169,13 @@ impl Trainer<'_> {
         };
         obs.start(total, first);
         let t0 = Instant::now();
-        let mut losses = Vec::new();
+        // A resumed run continues the whole run's record.
+        let mut losses = start.as_ref().map(|s| s.losses.clone()).unwrap_or_default();
+        let seconds_before = start.as_ref().map(|s| s.seconds).unwrap_or(0.0);
         let mut cache = None;
         let mut last_loss = start.as_ref().map(|s| s.last_loss).unwrap_or(f64::NAN);
         let mut last_val = None;
-        let mut tokens_total = 0usize;
+        let mut tokens_total = start.as_ref().map(|s| s.tokens).unwrap_or(0);
         let mut collapse = CollapseWatch::new(self.vocab_size);
         let mut skipped_in_a_row = 0usize;
         let mut warnings = Vec::new();
@@ -220,15 +241,6 @@ impl Trainer<'_> {
             losses.push(loss_sum);
             tokens_total += tokens;
             let micro_done = done * c.grad_accum;
-            let state = TrainerState {
-                step: done,
-                total_steps: total,
-                seed: c.seed,
-                micro_batches: micro_done,
-                epoch: micro_done / self.batches_per_epoch(),
-                last_loss,
-                optimizer_steps: Some(opt.t),
-            };
             let eval_now = (c.eval_every > 0 && done % c.eval_every == 0) || done == total;
             let val_loss = if eval_now { self.validation_loss()? } else { None };
             if val_loss.is_some() {
@@ -250,20 +262,44 @@ impl Trainer<'_> {
             };
             if let Some(m) = metrics.as_mut() {
                 let line = serde_json::to_string(&log).map_err(|e| TrainError::Invalid(e.to_string()))?;
-                writeln!(m.1, "{line}").map_err(|e| TrainError::io(&m.0, e))?;
-                m.1.flush().map_err(|e| TrainError::io(&m.0, e))?;
+                writeln!(m.1, "{line}").map_err(|e| TrainError::write_io(&m.0, e))?;
+                m.1.flush().map_err(|e| TrainError::write_io(&m.0, e))?;
             }
             obs.step(&log);
             if let Some(dir) = &self.run_dir {
                 if c.save_every > 0 && done % c.save_every == 0 && done < total {
+                    let state = TrainerState {
+                        step: done,
+                        total_steps: total,
+                        seed: c.seed,
+                        micro_batches: micro_done,
+                        epoch: micro_done / self.batches_per_epoch(),
+                        last_loss,
+                        optimizer_steps: Some(opt.t),
+                        losses: losses.clone(),
+                        seconds: seconds_before + t0.elapsed().as_secs_f64(),
+                        tokens: tokens_total,
+                        settings: self.settings.clone(),
+                        settings_hash: self.settings_hash.clone(),
+                    };
                     let p = save_checkpoint(dir, self.adapter, opt, &state, &self.adapter_info)?;
                     obs.note(&format!("checkpoint {}", p.display()));
                 }
             }
         }
         obs.finish();
-        let seconds = t0.elapsed().as_secs_f64();
-        Ok(TrainSummary { steps: total, final_loss: last_loss, val_loss: last_val, seconds, tokens_per_s: tokens_total as f64 / seconds.max(1e-9), losses, warnings })
+        let seconds = seconds_before + t0.elapsed().as_secs_f64();
+        Ok(TrainSummary {
+            steps: total,
+            final_loss: last_loss,
+            val_loss: last_val,
+            seconds,
+            tokens_per_s: tokens_total as f64 / seconds.max(1e-9),
+            losses,
+            warnings,
+            settings_hash: self.settings_hash.clone(),
+            resumed_from: first,
+        })
     }
 }
 
@@ -279,6 +315,6 @@ fn open_metrics(dir: &Path, keep_until: usize) -> Result<(PathBuf, std::fs::File
         .map(|l| format!("{l}\n"))
         .collect();
     lowrank_models::weights::write_atomic(&path, kept.concat().as_bytes())?;
-    let f = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
+    let f = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| TrainError::write_io(&path, e))?;
     Ok((path, f))
 }

@@ -2,7 +2,7 @@
 //! the same as `lowrank train` writes (adapter, metrics, checkpoints, summary), resumable; the run
 //! file names its method; an adapter naming a module the model lacks is refused.
 use candle_core::Device;
-use lowrank_train::run::prepare;
+use lowrank_train::run::{prepare, Start};
 use lowrank_train::{RunConfig, Silent};
 use std::path::{Path, PathBuf};
 
@@ -46,7 +46,7 @@ seed = 3
 fn a_run_trains_in_process_and_resumes_to_the_same_losses() {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
-    let p = prepare(config(tmp.path(), ""), run_dir.clone(), None, &Device::Cpu, &mut Silent).unwrap();
+    let p = prepare(config(tmp.path(), ""), run_dir.clone(), Start::Fresh, &Device::Cpu, &mut Silent).unwrap();
     assert_eq!(p.adapter.method(), "lora");
     assert_eq!(p.adapter.trainable_parameters(), 2 * 2 * 4 * (64 + 64) - 2 * 4 * 32);
     let full = p.train(&mut Silent).unwrap();
@@ -65,9 +65,11 @@ fn a_run_trains_in_process_and_resumes_to_the_same_losses() {
         let e = e.unwrap();
         std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
     }
-    let p = prepare(config(tmp.path(), ""), resumed_dir.clone(), Some(&resumed_dir), &Device::Cpu, &mut Silent).unwrap();
+    let p = prepare(config(tmp.path(), ""), resumed_dir.clone(), Start::Resume(resumed_dir.clone()), &Device::Cpu, &mut Silent).unwrap();
     let rest = p.train(&mut Silent).unwrap();
-    assert_eq!(rest.losses, full.losses[2..].to_vec());
+    // The summary covers the whole run.
+    assert_eq!(rest.losses, full.losses);
+    assert_eq!(rest.resumed_from, 2);
 }
 
 #[test]

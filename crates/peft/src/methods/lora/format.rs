@@ -135,7 +135,7 @@ pub fn config_from_folder(folder: &mut AdapterFolder) -> Result<LoraConfig> {
     let alpha = folder.required("lora_alpha")?.as_f64().ok_or_else(|| bad("lora_alpha", "a number"))?;
     let targets = match folder.required("target_modules")? {
         Value::String(s) => TargetSpec::Pattern(s.clone()),
-        Value::Array(a) => TargetSpec::Names(a.iter().filter_map(|x| x.as_str().map(String::from)).collect()),
+        Value::Array(a) => TargetSpec::Names(a.iter().map(|x| x.as_str().map(String::from).ok_or_else(|| bad("target_modules", "a list of names or a string"))).collect::<Result<_>>()?),
         _ => return Err(bad("target_modules", "a list of names or a string")),
     };
     if let Some(init) = v.get("init_lora_weights").filter(|x| !x.is_null()) {
@@ -161,35 +161,63 @@ pub fn config_from_folder(folder: &mut AdapterFolder) -> Result<LoraConfig> {
             return Err(folder.invalid(format!("`{key}: true` is not supported yet")));
         }
     }
-    let map_usize = |key: &str| -> BTreeMap<String, usize> {
-        v.get(key).and_then(Value::as_object).map(|o| o.iter().filter_map(|(k, x)| x.as_u64().map(|n| (k.clone(), n as usize))).collect()).unwrap_or_default()
+    // Every key that changes the computation has the type PEFT gives it, or the folder is
+    // refused naming the key (never read as if it were absent).
+    let present = |key: &str| v.get(key).filter(|x| !x.is_null());
+    let map_usize = |key: &str| -> Result<BTreeMap<String, usize>> {
+        match present(key) {
+            None => Ok(BTreeMap::new()),
+            Some(Value::Object(o)) => o.iter().map(|(k, x)| x.as_u64().filter(|&n| n > 0).map(|n| (k.clone(), n as usize)).ok_or_else(|| bad(key, &format!("a map to positive integers (`{k}`: {x})")))).collect(),
+            Some(_) => Err(bad(key, "a map from module patterns to ranks")),
+        }
     };
-    let map_f64 = |key: &str| -> BTreeMap<String, f64> {
-        v.get(key).and_then(Value::as_object).map(|o| o.iter().filter_map(|(k, x)| x.as_f64().map(|n| (k.clone(), n))).collect()).unwrap_or_default()
+    let map_f64 = |key: &str| -> Result<BTreeMap<String, f64>> {
+        match present(key) {
+            None => Ok(BTreeMap::new()),
+            Some(Value::Object(o)) => o.iter().map(|(k, x)| x.as_f64().filter(|a| a.is_finite()).map(|n| (k.clone(), n)).ok_or_else(|| bad(key, &format!("a map to numbers (`{k}`: {x})")))).collect(),
+            Some(_) => Err(bad(key, "a map from module patterns to numbers")),
+        }
     };
-    let exclude = match v.get("exclude_modules") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
-        _ => vec![],
+    let flag = |key: &str| -> Result<bool> {
+        match present(key) {
+            None => Ok(false),
+            Some(x) => x.as_bool().ok_or_else(|| bad(key, "true or false")),
+        }
+    };
+    let names = |key: &str| -> Result<Vec<String>> {
+        match present(key) {
+            None => Ok(vec![]),
+            Some(Value::String(s)) => Ok(vec![s.clone()]),
+            Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(String::from).ok_or_else(|| bad(key, "a list of names"))).collect(),
+            Some(_) => Err(bad(key, "a name or a list of names")),
+        }
+    };
+    let dropout = match present("lora_dropout") {
+        None => 0.0,
+        Some(x) => x.as_f64().filter(|d| (0.0..1.0).contains(d)).ok_or_else(|| bad("lora_dropout", &format!("a number in [0, 1) (got {x})")))?,
+    };
+    if !alpha.is_finite() {
+        return Err(bad("lora_alpha", "a finite number"));
+    }
+    let bias = match present("bias") {
+        None => "none".to_string(),
+        Some(x) => x.as_str().map(String::from).ok_or_else(|| bad("bias", "\"none\", \"all\" or \"lora_only\""))?,
     };
     Ok(LoraConfig {
         r,
         alpha,
-        dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+        dropout,
         targets,
-        exclude,
-        use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
-        rank_pattern: map_usize("rank_pattern"),
-        alpha_pattern: map_f64("alpha_pattern"),
+        exclude: names("exclude_modules")?,
+        use_rslora: flag("use_rslora")?,
+        rank_pattern: map_usize("rank_pattern")?,
+        alpha_pattern: map_f64("alpha_pattern")?,
         init_seed: 0,
-        use_dora: v.get("use_dora").and_then(Value::as_bool).unwrap_or(false),
+        use_dora: flag("use_dora")?,
         loraplus_lr_ratio: 1.0,
         init_lora_weights: super::init::InitLoraWeights::Flag(true),
-        bias: v.get("bias").and_then(Value::as_str).unwrap_or("none").to_string(),
-        modules_to_save: match v.get("modules_to_save") {
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
-            _ => vec![],
-        },
+        bias,
+        modules_to_save: names("modules_to_save")?,
     })
 }
 
@@ -238,7 +266,10 @@ pub fn lora_from_folder(folder: &mut AdapterFolder, layout: &ModelLayout, _devic
         if b.dims() != [d_out, r] {
             return Err(PeftError::ShapeMismatch { file: st_path.clone(), key: b_key, module, expected: vec![d_out, r], actual: b.dims().to_vec() });
         }
-        let (_, alpha) = config.rank_alpha(&module)?;
+        let (config_r, alpha) = config.rank_alpha(&module)?;
+        if r != config_r {
+            return Err(folder.invalid(format!("tensor `{a_key}` has rank {r}, but the config gives `{module}` r = {config_r} (r or rank_pattern disagrees with the tensors)")));
+        }
         let scale = config.scale(r, alpha);
         let part = part_of(&module, &paths);
         let magnitude = match (config.use_dora, magnitudes.remove(&module)) {
@@ -261,6 +292,14 @@ pub fn lora_from_folder(folder: &mut AdapterFolder, layout: &ModelLayout, _devic
     }
     if modules.is_empty() {
         return Err(PeftError::InvalidConfig { path: st_path, reason: "no LoRA tensors found".into() });
+    }
+    // The tensors are for exactly the modules target_modules (minus exclude_modules) selects:
+    // PEFT would build no layer for any other.
+    let selected = crate::targets::select(&config.targets, &config.exclude, &paths).map_err(|e| folder.invalid(format!("target_modules: {e}")))?;
+    if let Some(m) = modules.keys().find(|m| !selected.contains(m)) {
+        let spec = folder.config.get("target_modules").map(Value::to_string).unwrap_or_default();
+        let minus = if config.exclude.is_empty() { "" } else { " minus exclude_modules" };
+        return Err(folder.invalid(format!("the folder holds LoRA tensors for `{m}`, which target_modules = {spec}{minus} does not select")));
     }
     let extra = super::extra_params::ExtraParams::from_tensors(&folder.tensors, layout, &st_path)?;
     // Every trained bias and module must be one the config asks for.

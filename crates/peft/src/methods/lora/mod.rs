@@ -114,6 +114,13 @@ impl LoraConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(PeftError::Invalid(format!("dropout must be in [0, 1), got {}", self.dropout)));
         }
+        // alpha = 0 scales the update to nothing: the adapter would train and change nothing.
+        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
+            return Err(PeftError::Invalid(format!("alpha must be a positive number, got {}", self.alpha)));
+        }
+        if let Some((p, a)) = self.alpha_pattern.iter().find(|(_, &a)| !(a > 0.0 && a.is_finite())) {
+            return Err(PeftError::Invalid(format!("alpha_pattern `{p}` sets alpha = {a}; it must be a positive number")));
+        }
         self.init_lora_weights.kind()?;
         if !matches!(self.bias.as_str(), "none" | "all" | "lora_only") {
             return Err(PeftError::Invalid(format!("bias = \"{}\" (none, all, lora_only)", self.bias)));
