@@ -116,6 +116,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 done.final_loss,
                 run_dir.join("adapter").display()
             );
+            let svg = run_dir.join("loss.svg");
+            if !svg.exists() {
+                crate::plot::loss_curve_svg(&run_dir.join("metrics.jsonl"), &svg)?;
+            }
             return Ok(());
         }
     }
