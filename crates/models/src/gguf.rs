@@ -159,18 +159,21 @@ fn check_tensor_extents(path: &Path, content: &Content, file_len: u64) -> Result
     let mut infos: Vec<_> = content.tensor_infos.iter().collect();
     infos.sort_by_key(|(_, i)| i.offset);
     for (name, info) in infos {
-        let elements: usize = info.shape.elem_count();
+        let Some(elements) = info.shape.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
+            return Err(gguf_err(path, format!("tensor `{name}`: shape {:?} has more values than memory can address", info.shape.dims())));
+        };
         let block = info.ggml_dtype.block_size();
         if block == 0 || elements % block != 0 {
             return Err(gguf_err(path, format!("tensor `{name}`: {elements} values do not fill whole {:?} blocks of {block}", info.ggml_dtype)));
         }
-        let bytes = (elements / block) as u64 * info.ggml_dtype.type_size() as u64;
-        let end = content.tensor_data_offset.checked_add(info.offset).and_then(|o| o.checked_add(bytes));
-        if end.is_none_or(|e| e > file_len) {
-            return Err(gguf_err(
-                path,
-                format!("tensor `{name}` needs bytes up to {} but the file has {file_len} (truncated download?)", end.map(|e| e.to_string()).unwrap_or_else(|| "beyond 2^64".into())),
-            ));
+        let bytes = ((elements / block) as u64).checked_mul(info.ggml_dtype.type_size() as u64);
+        let end = bytes.and_then(|b| content.tensor_data_offset.checked_add(info.offset).and_then(|o| o.checked_add(b)));
+        match end {
+            None => return Err(gguf_err(path, format!("tensor `{name}`: its size or offset overflows (a damaged file)"))),
+            Some(e) if e > file_len => {
+                return Err(gguf_err(path, format!("tensor `{name}` needs bytes up to {e} but the file has {file_len} (truncated download?)")));
+            }
+            Some(_) => {}
         }
     }
     Ok(())

@@ -5,6 +5,7 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use std::str::FromStr;
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
 /// A tokenizer with the special ids generation needs.
@@ -29,7 +30,13 @@ impl TextTokenizer {
         if !path.exists() {
             return Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found")));
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| tok_err(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        // Well-formed JSON first: the tokenizers library panics on some malformed files (found by
+        // fuzzing), and a panic there is caught as a last resort.
+        serde_json::from_str::<serde_json::Value>(&text).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?;
+        let inner = std::panic::catch_unwind(|| Tokenizer::from_str(&text))
+            .map_err(|_| tok_err(path, "the tokenizers library could not read this file"))?
+            .map_err(|e| tok_err(path, e))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
             .ok()
