@@ -118,7 +118,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+    std::fs::create_dir_all(&a.output).with_context(|| format!("cannot write {}", a.output.display()))?;
     write_atomic(&a.output.join("hypotheses.txt"), (hyps.join("\n") + "\n").as_bytes())?;
     let refs_text: Vec<String> = refs.iter().map(|g| g.join("\n")).collect();
     write_atomic(&a.output.join("references.txt"), (refs_text.join("\n\n") + "\n").as_bytes())?;

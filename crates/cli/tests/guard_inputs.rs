@@ -94,6 +94,17 @@ fn adapter_config_keys_are_checked_against_the_tensors() {
         all.extend(needles);
         fails_with(&o, &all);
     }
+    // The other methods' folders: tensors for modules target_modules does not select.
+    for (fixture, targets) in [("llama-ia3", serde_json::json!(["k_proj"])), ("llama-ln_tuning", serde_json::json!(["input_layernorm"])), ("llama-bitfit", serde_json::json!(["q_proj"]))] {
+        let src = root().join(format!("tests/fixtures/methods/{fixture}/adapter"));
+        let out = tmp.path().join(fixture);
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::copy(src.join("adapter_model.safetensors"), out.join("adapter_model.safetensors")).unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap()).unwrap();
+        cfg["target_modules"] = targets;
+        std::fs::write(out.join("adapter_config.json"), cfg.to_string()).unwrap();
+        fails_with(&generate(&tiny(), &["--adapter", out.to_str().unwrap()]), &["adapter_config.json", "does not select"]);
+    }
     // A regular expression that selects exactly the tensors' modules is fine.
     let dir = edited_adapter(tmp.path(), "regex_ok", |c| c["target_modules"] = r".*\.(q|v)_proj".into());
     ok(&generate(&tiny(), &["--adapter", dir.to_str().unwrap()]));

@@ -12,6 +12,13 @@ pub enum MetricsError {
         #[source]
         source: std::io::Error,
     },
+    /// A file could not be written (the METEOR table cache).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// An input file is not valid UTF-8.
     #[error("{path} is not valid UTF-8 (byte offset {offset})")]
     Utf8 { path: PathBuf, offset: usize },
@@ -40,6 +47,10 @@ pub enum MetricsError {
 }
 
 impl MetricsError {
+    pub(crate) fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        MetricsError::Write { path: path.into(), source }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         MetricsError::Io {
             path: path.into(),

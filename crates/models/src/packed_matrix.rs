@@ -102,21 +102,6 @@ impl PackedMatrix {
         self.format
     }
 
-    /// Blocks whose f16 scale (or Q4_1 offset) is NaN or infinite: every value they expand to
-    /// is then non-finite.
-    pub fn nonfinite_blocks(&self) -> usize {
-        let block = self.format.block_bytes();
-        let halves = if self.format == BlockFormat::Q4_1 { 2 } else { 1 };
-        self.bytes
-            .par_chunks(block * 4096)
-            .map(|c| {
-                c.chunks_exact(block)
-                    .filter(|b| (0..halves).any(|h| u16::from_le_bytes([b[2 * h], b[2 * h + 1]]) & 0x7c00 == 0x7c00))
-                    .count()
-            })
-            .sum()
-    }
-
     /// The blocks, row after row, as stored.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes

@@ -65,6 +65,42 @@ impl AdapterFolder {
         PeftError::InvalidConfig { path: self.config_path(), reason: reason.into() }
     }
 
+    /// A `target_modules`-like key (`key`): a list of names or one regular expression; any other
+    /// type is refused naming the key.
+    pub fn target_spec(&self, key: &str) -> Result<crate::targets::TargetSpec> {
+        let bad = || self.invalid(format!("`{key}` must be a list of names or a string"));
+        match self.required(key)? {
+            Value::String(s) => Ok(crate::targets::TargetSpec::Pattern(s.clone())),
+            Value::Array(a) => a.iter().map(|x| x.as_str().map(String::from).ok_or_else(bad)).collect::<Result<Vec<_>>>().map(crate::targets::TargetSpec::Names),
+            _ => Err(bad()),
+        }
+    }
+
+    /// `exclude_modules`: absent, a name or a list of names.
+    pub fn exclude_modules(&self) -> Result<Vec<String>> {
+        let bad = || self.invalid("`exclude_modules` must be a name or a list of names");
+        match self.config.get("exclude_modules").filter(|v| !v.is_null()) {
+            None => Ok(vec![]),
+            Some(Value::String(s)) => Ok(vec![s.clone()]),
+            Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(String::from).ok_or_else(bad)).collect(),
+            Some(_) => Err(bad()),
+        }
+    }
+
+    /// Refuses tensors for modules that `target_modules` (minus `exclude_modules`) does not select
+    /// among `candidates`: PEFT would build no layer for them. `what` names the tensors.
+    pub fn check_coverage<'a>(&self, what: &str, modules: impl IntoIterator<Item = &'a String>, candidates: &[&str]) -> Result<()> {
+        let spec = self.target_spec("target_modules")?;
+        let exclude = self.exclude_modules()?;
+        let selected = crate::targets::select(&spec, &exclude, candidates).map_err(|e| self.invalid(format!("target_modules: {e}")))?;
+        if let Some(m) = modules.into_iter().find(|m| !selected.contains(m)) {
+            let shown = self.config.get("target_modules").map(Value::to_string).unwrap_or_default();
+            let minus = if exclude.is_empty() { "" } else { " minus exclude_modules" };
+            return Err(self.invalid(format!("the folder holds {what} for `{m}`, which target_modules = {shown}{minus} does not select")));
+        }
+        Ok(())
+    }
+
     /// Warns about every config key not in `known`.
     pub fn warn_unknown_keys(&mut self, known: &[&str]) {
         if let Some(obj) = self.config.as_object() {

@@ -434,11 +434,12 @@ pub fn build_index_bytes(gz: &Path, src_size: u64) -> Result<Vec<u8>, MetricsErr
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MetricsError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| MetricsError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| MetricsError::write(dir, e))?;
     }
     let tmp: PathBuf = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| MetricsError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| MetricsError::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| MetricsError::io(path, e))
+    let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes)).and_then(|()| std::fs::rename(&tmp, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        MetricsError::write(path, e)
+    })
 }

@@ -155,15 +155,11 @@ impl Method for BitFit {
         Ok(Box::new(BitFitAdapter { targets, modules }))
     }
     fn load(&self, folder: &mut AdapterFolder, layout: &ModelLayout, _device: &Device) -> Result<Box<dyn Adapter>> {
-        folder.warn_unknown_keys(&["auto_mapping", "base_model_name_or_path", "inference_mode", "init_weights", "modules_to_save", "peft_type", "peft_version", "revision", "target_modules", "task_type"]);
+        folder.warn_unknown_keys(&["auto_mapping", "base_model_name_or_path", "exclude_modules", "inference_mode", "init_weights", "modules_to_save", "peft_type", "peft_version", "revision", "target_modules", "task_type"]);
         if folder.config.get("modules_to_save").is_some_and(|v| !v.is_null()) {
             return Err(folder.invalid("modules_to_save is not supported for BEFT yet"));
         }
-        let targets = match folder.required("target_modules")? {
-            Value::String(s) => TargetSpec::Pattern(s.clone()),
-            Value::Array(a) => TargetSpec::Names(a.iter().filter_map(|x| x.as_str().map(String::from)).collect()),
-            _ => return Err(folder.invalid("`target_modules` must be a list of names or a string")),
-        };
+        let targets = folder.target_spec("target_modules")?;
         let st = folder.weights_path();
         let mut modules = BTreeMap::new();
         for (rest, t) in &folder.tensors {
@@ -181,6 +177,8 @@ impl Method for BitFit {
         if modules.is_empty() {
             return Err(PeftError::InvalidConfig { path: st, reason: "no BEFT biases found".into() });
         }
+        let paths: Vec<&str> = layout.adaptable().filter(|l| l.part_of.is_none()).map(|l| l.path.as_str()).collect();
+        folder.check_coverage("a BEFT bias", modules.keys(), &paths)?;
         Ok(Box::new(BitFitAdapter { targets, modules }))
     }
 }

@@ -202,14 +202,7 @@ impl Method for Ia3 {
         if folder.config.get("modules_to_save").is_some_and(|v| !v.is_null()) {
             return Err(folder.invalid("modules_to_save is not supported for IA3 yet"));
         }
-        let spec = |key: &str| -> Result<TargetSpec> {
-            match folder.required(key)? {
-                Value::String(s) => Ok(TargetSpec::Pattern(s.clone())),
-                Value::Array(a) => a.iter().map(|x| x.as_str().map(String::from).ok_or_else(|| folder.invalid(format!("`{key}` must be a list of names or a string")))).collect::<Result<Vec<_>>>().map(TargetSpec::Names),
-                _ => Err(folder.invalid(format!("`{key}` must be a list of names or a string"))),
-            }
-        };
-        let (targets, feedforward) = (spec("target_modules")?, spec("feedforward_modules")?);
+        let (targets, feedforward) = (folder.target_spec("target_modules")?, folder.target_spec("feedforward_modules")?);
         let st = folder.weights_path();
         let mut modules = BTreeMap::new();
         for (rest, t) in &folder.tensors {
@@ -229,17 +222,8 @@ impl Method for Ia3 {
             return Err(PeftError::InvalidConfig { path: st, reason: "no IA3 vectors found".into() });
         }
         // The vectors are for exactly the modules target_modules (minus exclude_modules) selects.
-        let exclude: Vec<String> = match folder.config.get("exclude_modules").filter(|v| !v.is_null()) {
-            None => vec![],
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(String::from).ok_or_else(|| folder.invalid("`exclude_modules` must be a name or a list of names"))).collect::<Result<_>>()?,
-            Some(_) => return Err(folder.invalid("`exclude_modules` must be a name or a list of names")),
-        };
         let paths: Vec<&str> = layout.adaptable().filter(|l| l.part_of.is_none()).map(|l| l.path.as_str()).collect();
-        let selected = crate::targets::select(&targets, &exclude, &paths).map_err(|e| folder.invalid(format!("target_modules: {e}")))?;
-        if let Some(m) = modules.keys().find(|m| !selected.contains(m)) {
-            return Err(folder.invalid(format!("the folder holds an IA3 vector for `{m}`, which target_modules does not select")));
-        }
+        folder.check_coverage("an IA3 vector", modules.keys(), &paths)?;
         let fan_in_fan_out = folder.config.get("fan_in_fan_out").and_then(Value::as_bool).unwrap_or(false);
         Ok(Box::new(Ia3Adapter { targets, feedforward, modules, fan_in_fan_out }))
     }

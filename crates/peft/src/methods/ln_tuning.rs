@@ -154,11 +154,7 @@ impl Method for LnTuning {
         if folder.config.get("modules_to_save").is_some_and(|v| !v.is_null()) {
             return Err(folder.invalid("modules_to_save is not supported for LN tuning yet"));
         }
-        let targets = match folder.required("target_modules")? {
-            Value::String(s) => TargetSpec::Pattern(s.clone()),
-            Value::Array(a) => TargetSpec::Names(a.iter().filter_map(|x| x.as_str().map(String::from)).collect()),
-            _ => return Err(folder.invalid("`target_modules` must be a list of names or a string")),
-        };
+        let targets = folder.target_spec("target_modules")?;
         let st = folder.weights_path();
         let mut weights: BTreeMap<String, Var> = BTreeMap::new();
         let mut biases: BTreeMap<String, Var> = BTreeMap::new();
@@ -194,6 +190,8 @@ impl Method for LnTuning {
         if norms.is_empty() {
             return Err(PeftError::InvalidConfig { path: st, reason: "no LN tuning layers found".into() });
         }
+        let paths: Vec<&str> = layout.norms.iter().map(|n| n.path.as_str()).collect();
+        folder.check_coverage("an LN tuning layer", norms.keys(), &paths)?;
         Ok(Box::new(LnTuningAdapter { targets, norms }))
     }
 }
