@@ -36,9 +36,9 @@ for t in "${targets[@]}"; do
     result="FAILED (see $log and fuzz/artifacts/$t/)"
     status=1
   fi
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-  secs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' | tail -1)
-  cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -1)
+  execs=$( (grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1) || true)
+  secs=$( (grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' | tail -1) || true)
+  cov=$( (grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -1) || true)
   corpus=$(ls "fuzz/corpus/$t" | wc -l)
   line="$(date -u +%Y-%m-%dT%H:%MZ) $t: ${execs:-?} executions in ${secs:-?} s, ${cov:-cov ?}, corpus $corpus inputs: $result"
   echo "$line" | tee -a fuzz/results.txt

@@ -27,3 +27,12 @@ fn tokenizer_json_that_panicked_the_tokenizers_library_is_refused() {
     let err = lowrank_models::TextTokenizer::from_file(&path, None, &[], None).err().expect("refused").to_string();
     assert!(err.contains("tokenizer.json") && err.contains("invalid JSON"), "{err}");
 }
+
+/// `gguf_file`: a tensor with no values made candle read its (empty) data through a misaligned
+/// pointer (`slice::from_raw_parts` precondition). Rebuilt small with the Python `gguf` writer.
+#[test]
+fn gguf_with_a_zero_size_tensor_is_refused() {
+    let path = fixture("gguf-zero-size-tensor.gguf");
+    let err = lowrank_models::gguf::GgufFile::open(&path).err().expect("refused").to_string();
+    assert!(err.contains("blk.0.attn_norm.weight") && err.contains("has no values"), "{err}");
+}
